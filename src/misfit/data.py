@@ -1,0 +1,248 @@
+"""MNIST in, verified; the seeded 2,000/3,000 subset and the official test set out.
+
+The identity of the data is the SHA-256 of each file's *uncompressed* bytes (the
+official values below): the .gz wrappers may differ between copies.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from misfit.config import MNIST_TRAIN_SIZE, CellConfig, DataConfig, Params, ProtocolConfig
+from misfit.files import atomic_dir, read_json, sha256_file, write_json_atomic
+from misfit.layout import LABELS_DIR, SPLIT_DIR
+from misfit.tasks import derive_targets
+
+MNIST_SHA256 = {
+    "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+# magic number (unsigned bytes, n dimensions) and shape of each file
+IDX_LAYOUT = {
+    "train-images-idx3-ubyte": (0x0803, (60_000, 28, 28)),
+    "train-labels-idx1-ubyte": (0x0801, (60_000,)),
+    "t10k-images-idx3-ubyte": (0x0803, (10_000, 28, 28)),
+    "t10k-labels-idx1-ubyte": (0x0801, (10_000,)),
+}
+MIRROR_ENV = "MNIST_MIRROR"
+SPLITS = ("train", "valid", "test")
+
+
+class DataError(RuntimeError):
+    """The data is missing, damaged or not what the study expects; names the file."""
+
+
+def dataset_sha256() -> str:
+    """One digest for the whole data set: the SHA-256 of its manifest."""
+    manifest = "".join(f"{MNIST_SHA256[name]}  {name}\n" for name in sorted(MNIST_SHA256))
+    return hashlib.sha256(manifest.encode()).hexdigest()
+
+
+# -- download ------------------------------------------------------------------------
+
+def fetch_raw(raw_dir: Path, mirror: Path | None) -> None:
+    """Put the four verified, uncompressed IDX files in raw_dir, or leave it untouched."""
+    with atomic_dir(raw_dir) as staging:
+        if mirror is not None:
+            copy_from_mirror(mirror, staging)
+        else:
+            download_with_torchvision(staging)
+        for name, expected in MNIST_SHA256.items():
+            check_idx_header(staging / name, name)
+            verify_sha256(staging / name, expected)
+        write_json_atomic(staging / "SHA256SUMS.json", MNIST_SHA256)
+
+
+def copy_from_mirror(mirror: Path, staging: Path) -> None:
+    if not mirror.is_dir():
+        raise DataError(f"{MIRROR_ENV}={mirror}: no such directory (expected one holding the "
+                        f"four MNIST IDX files, .gz or uncompressed)")
+    for name in MNIST_SHA256:
+        plain, packed = mirror / name, mirror / f"{name}.gz"
+        if plain.is_file():
+            shutil.copyfile(plain, staging / name)
+        elif packed.is_file():
+            _gunzip(packed, staging / name)
+        else:
+            raise DataError(f"{mirror}: missing {name} (or {name}.gz)")
+
+
+def _gunzip(source: Path, target: Path) -> None:
+    try:
+        with gzip.open(source, "rb") as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{source}: cannot decompress ({error}); the file is damaged or truncated") from None
+
+
+def download_with_torchvision(staging: Path) -> None:
+    from torchvision.datasets import MNIST  # slow import; only this stage downloads
+
+    root = staging / "torchvision"
+    try:
+        for train in (True, False):
+            MNIST(root=root, train=train, download=True)
+    except RuntimeError as error:
+        raise DataError(
+            f"could not download MNIST with torchvision: {error}\n"
+            f"Without internet access, set {MIRROR_ENV} to a directory holding the four "
+            "IDX files (.gz or uncompressed)."
+        ) from None
+    for name in MNIST_SHA256:
+        os.replace(root / "MNIST" / "raw" / name, staging / name)
+    shutil.rmtree(root)
+
+
+def check_idx_header(path: Path, name: str) -> None:
+    magic, shape = IDX_LAYOUT[name]
+    header_size = 4 * (1 + len(shape))
+    with open(path, "rb") as handle:
+        header = handle.read(header_size)
+    if len(header) < 4 or struct.unpack(">I", header[:4])[0] != magic:
+        found = f"{struct.unpack('>I', header[:4])[0]:#010x}" if len(header) >= 4 else "nothing"
+        raise DataError(f"{path}: wrong magic number {found}, expected {magic:#010x} "
+                        f"(IDX, unsigned bytes, {len(shape)} dimension(s))")
+    dims = struct.unpack(f">{len(shape)}I", header[4:header_size])
+    if dims != shape:
+        raise DataError(f"{path}: IDX dimensions {dims}, expected {shape}")
+    expected_size = header_size + int(np.prod(shape))
+    if path.stat().st_size != expected_size:
+        raise DataError(f"{path}: {path.stat().st_size} bytes, expected {expected_size} "
+                        "(the file is truncated or has trailing data)")
+
+
+def verify_sha256(path: Path, expected: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        raise DataError(f"{path}: SHA-256 of the uncompressed content is {actual}, "
+                        f"expected {expected} (the file is not the official MNIST file)")
+
+
+# -- split ---------------------------------------------------------------------------
+
+def read_idx(path: Path) -> np.ndarray:
+    from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
+
+    check_idx_header(path, path.name)
+    return read_sn3_pascalvincent_tensor(str(path)).numpy()
+
+
+def draw_subset(config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the 60,000 training images: (train, valid), drawn with the seeded RNG."""
+    generator = torch.Generator().manual_seed(config.subset_seed)
+    chosen = torch.randperm(MNIST_TRAIN_SIZE, generator=generator)[: config.n_train + config.n_valid]
+    chosen = chosen.numpy()
+    return chosen[: config.n_train], chosen[config.n_train :]
+
+
+def split_digest(images: np.ndarray, labels: np.ndarray, indices: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in (images, labels, indices):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def write_split(raw_dir: Path, split_dir: Path, config: DataConfig) -> None:
+    train_images = read_idx(raw_dir / "train-images-idx3-ubyte")
+    train_labels = read_idx(raw_dir / "train-labels-idx1-ubyte")
+    test_images = read_idx(raw_dir / "t10k-images-idx3-ubyte")
+    test_labels = read_idx(raw_dir / "t10k-labels-idx1-ubyte")
+    train_idx, valid_idx = draw_subset(config)
+    test_idx = np.arange(config.n_test)
+    parts = {
+        "train": ("train", train_images, train_labels, train_idx),
+        "valid": ("train", train_images, train_labels, valid_idx),
+        "test": ("t10k", test_images, test_labels, test_idx),
+    }
+    manifest = {"dataset_sha256": dataset_sha256(), "raw_sha256": MNIST_SHA256, "splits": {}}
+    with atomic_dir(split_dir) as staging, open(staging / "indices.csv", "w", newline="") as table:
+        writer = csv.writer(table)
+        writer.writerow(["split", "source_file", "index", "label"])
+        for split, (source, images, labels, idx) in parts.items():
+            np.savez(staging / f"{split}.npz", images=images[idx], labels=labels[idx], indices=idx)
+            writer.writerows((split, f"{source}-images-idx3-ubyte", int(i), int(labels[i])) for i in idx)
+            manifest["splits"][split] = {
+                "n": int(len(idx)),
+                "sha256": split_digest(images[idx], labels[idx], idx),
+                "indices_sha256": hashlib.sha256(idx.astype(np.int64).tobytes()).hexdigest(),
+            }
+        table.flush()
+        write_json_atomic(staging / "manifest.json", manifest)
+
+
+def read_split_manifest(split_dir: Path) -> dict:
+    return read_json(split_dir / "manifest.json")
+
+
+# -- labels --------------------------------------------------------------------------
+
+def target_summary(targets: dict[str, np.ndarray]) -> dict:
+    """What a collapsed model would score: class shares, the majority share, the variance."""
+    multiclass = targets["multiclass"]
+    return {
+        "regression": {"mean": float(targets["regression"].mean()),
+                       "variance": float(targets["regression"].var())},
+        "probability": {"positive_share": float(targets["probability"].mean())},
+        "binary": {"class_counts": np.bincount(targets["binary"], minlength=2).tolist()},
+        "multiclass": {"class_counts": np.bincount(multiclass, minlength=10).tolist()},
+        "multilabel": {"positive_share_per_output": targets["multilabel"].mean(axis=0).tolist()},
+        "n": int(len(multiclass)),
+    }
+
+
+def write_labels(split_dir: Path, labels_dir: Path) -> None:
+    summary = {}
+    with atomic_dir(labels_dir) as staging:
+        for split in SPLITS:
+            with np.load(split_dir / f"{split}.npz") as arrays:
+                targets = derive_targets(arrays["labels"])
+            np.savez(staging / f"{split}.npz", **targets)
+            summary[split] = target_summary(targets)
+        write_json_atomic(staging / "summary.json", summary)
+
+
+# -- loading for training ------------------------------------------------------------
+
+def load_images(split_dir: Path, split: str, protocol: ProtocolConfig) -> torch.Tensor:
+    """[n, 1, 28, 28] float32: pixels / 255, then (x - mean) / std."""
+    with np.load(split_dir / f"{split}.npz") as arrays:
+        pixels = torch.from_numpy(arrays["images"]).float().div_(255.0)
+    return pixels.sub_(protocol.normalize_mean).div_(protocol.normalize_std).unsqueeze(1)
+
+
+def load_targets(labels_dir: Path, split: str, task: str) -> torch.Tensor:
+    with np.load(labels_dir / f"{split}.npz") as arrays:
+        return torch.from_numpy(arrays[task])
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # [n, 1, 28, 28] normalised images
+    y: torch.Tensor  # task targets in the task's units
+
+
+@dataclass
+class CellData:
+    train: Split
+    valid: Split
+    test: Split
+
+
+def load_cell_data(root: Path, params: Params, cell: CellConfig, device: torch.device) -> CellData:
+    def split(name: str) -> Split:
+        x = load_images(root / SPLIT_DIR, name, params.protocol).to(device)
+        return Split(x, load_targets(root / LABELS_DIR, name, cell.task).to(device))
+
+    return CellData(split("train"), split("valid"), split("test"))

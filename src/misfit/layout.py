@@ -1,0 +1,10 @@
+"""Where each stage's inputs and outputs live, relative to the project root."""
+from pathlib import Path
+
+RAW_DIR = Path("data/raw")
+SPLIT_DIR = Path("data/split")
+LABELS_DIR = Path("data/labels")
+MODELS_DIR = Path("models")
+METRICS_DIR = Path("metrics")
+REPORTS_DIR = Path("reports")
+PARAMS_FILE = Path("params.yaml")

@@ -1,0 +1,56 @@
+"""Where a number came from: code version, library versions, configuration digests."""
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+from misfit.files import sha256_json
+
+VERSIONED = ("torch", "torchvision", "mlflow", "dvc", "numpy", "pydantic")
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_state(root: Path) -> dict[str, str]:
+    commit = _git(root, "rev-parse", "HEAD")
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": commit or "unknown",
+        "git_dirty": "unknown" if status is None else str(bool(status)).lower(),
+    }
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in VERSIONED:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def data_identity(split_manifest: dict, data_config: dict) -> dict:
+    return {
+        "dataset_sha256": split_manifest["dataset_sha256"],
+        "splits": split_manifest["splits"],
+        "config": data_config,
+    }
+
+
+def cell_digest(cell: dict, protocol: dict, data: dict) -> str:
+    """Hash of everything that decides a cell's runs except the seed."""
+    return sha256_json({"cell": cell, "protocol": protocol, "data": data})
+
+
+def config_digest(cell: dict, protocol: dict, data: dict, seed: int) -> str:
+    """Hash of everything that decides one run: equal configs, equal digests."""
+    return sha256_json({"cell": cell, "protocol": protocol, "data": data, "seed": seed})

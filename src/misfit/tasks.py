@@ -1,0 +1,175 @@
+"""The five tasks: targets derived from the digit, and how a cell's outputs are scored.
+
+Label maps follow STUDY.md ("Tasks"). A cell sees its task through `CellTargets`: the
+target its loss is given (z-scored, sigmoid-squashed, one-hot ...) and the prediction,
+in the task's own units, that its metric is computed on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from misfit.config import CellConfig
+
+# stroke count per digit (lines after cutting at bends and crossings, plus holes)
+STROKES = {0: 2, 1: 1, 2: 2, 3: 2, 4: 6, 5: 3, 6: 3, 7: 2, 8: 4, 9: 3}
+CURVED = frozenset({0, 3, 6, 8, 9})
+EVEN = frozenset({0, 2, 4, 6, 8})
+PRIME = frozenset({2, 3, 5, 7})
+SQUARE = frozenset({0, 1, 4, 9})
+MULTILABEL_GROUPS = (("even", EVEN), ("prime", PRIME), ("curved", CURVED), ("square", SQUARE))
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    n_outputs: int
+    metric: str  # "accuracy" or "mse"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric == "accuracy"
+
+    @property
+    def is_classification(self) -> bool:
+        return self.name != "regression"
+
+
+TASKS = {
+    "regression": TaskSpec("regression", 1, "mse"),
+    "probability": TaskSpec("probability", 1, "accuracy"),
+    "binary": TaskSpec("binary", 2, "accuracy"),
+    "multiclass": TaskSpec("multiclass", 10, "accuracy"),
+    "multilabel": TaskSpec("multilabel", 4, "accuracy"),
+}
+
+
+def _member(digits: np.ndarray, group: frozenset) -> np.ndarray:
+    return np.isin(digits, sorted(group))
+
+
+def derive_targets(labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Targets of every task for an array of digit labels."""
+    digits = labels.astype(np.int64)
+    if digits.size and (digits.min() < 0 or digits.max() > 9):
+        raise ValueError(f"digit labels must lie in 0..9, got {digits.min()}..{digits.max()}")
+    strokes = np.array([STROKES[d] for d in range(10)], dtype=np.float32)
+    curved = _member(digits, CURVED)
+    return {
+        "regression": strokes[digits],
+        "probability": curved.astype(np.float32),
+        "binary": curved.astype(np.int64),
+        "multiclass": digits,
+        "multilabel": np.stack([_member(digits, g) for _, g in MULTILABEL_GROUPS], axis=1).astype(
+            np.float32
+        ),
+    }
+
+
+def activate(name: str, logits: torch.Tensor) -> torch.Tensor:
+    if name == "none":
+        return logits
+    if name == "relu":
+        return torch.relu(logits)
+    if name == "sigmoid":
+        return torch.sigmoid(logits)
+    if name == "softmax":
+        return torch.softmax(logits, dim=-1)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class CellTargets:
+    """One cell's view of its task.
+
+    `loss_target` turns task targets into what the cell's loss is given; `predict`
+    turns the cell's outputs (post-activation, the last dim being the outputs) into
+    predictions in the task's units; `per_sample_score` is what the metric averages.
+    """
+
+    def __init__(self, cell: CellConfig, train_target: torch.Tensor):
+        self.cell = cell
+        self.spec = TASKS[cell.task]
+        self.mean, self.std = 0.0, 1.0
+        if cell.task == "regression" and cell.variant == "zscore":
+            self.mean = float(train_target.double().mean())
+            self.std = float(train_target.double().std())
+            if not self.std > 0:
+                raise ValueError("cannot z-score regression targets with zero spread")
+
+    def loss_target(self, y: torch.Tensor) -> torch.Tensor:
+        task, cell = self.cell.task, self.cell
+        if task == "regression":
+            z = (y - self.mean) / self.std
+            return torch.sigmoid(z) if cell.activation == "sigmoid" else z
+        if task in ("binary", "multiclass") and cell.loss != "ce":
+            return F.one_hot(y, self.spec.n_outputs).float()
+        return y
+
+    def prediction_space(self, output: torch.Tensor) -> torch.Tensor:
+        """Model output in the space predictions are read from (activations applied)."""
+        if self.cell.loss_input == "logits":
+            return activate(self.cell.activation, output)
+        return output
+
+    def predict(self, output: torch.Tensor) -> torch.Tensor:
+        out = self.prediction_space(output)
+        task = self.cell.task
+        if task == "regression":
+            value = out[..., 0]
+            if self.cell.activation == "sigmoid":
+                value = torch.logit(value)  # an output of exactly 0 or 1 gives -inf / inf
+            return value * self.std + self.mean
+        if task == "probability":
+            return torch.round(out[..., 0])
+        if task in ("binary", "multiclass"):
+            return out.argmax(dim=-1)
+        return torch.round(out)
+
+    def per_sample_score(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Squared error (regression) or share correct, one value per sample."""
+        pred = self.predict(output)
+        if self.cell.task == "regression":
+            return (pred.double() - y.double()) ** 2
+        correct = (pred == y).double()
+        return correct.mean(dim=-1) if self.cell.task == "multilabel" else correct
+
+    def diagnostics(self, output: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-seed statistics of the outputs that explain how a cell learns.
+
+        `output` is [..., samples, outputs]; each value returned has the leading dims.
+        """
+        out = self.prediction_space(output).double()
+        if self.cell.task == "regression":
+            pred = self.predict(output).double()
+            finite = torch.where(torch.isfinite(pred), pred, torch.nan)
+            return {
+                "diag_pred_std": _nanstd(finite),
+                "diag_pred_mean": finite.nanmean(dim=-1),
+                "diag_target_std": y.double().std().expand(out.shape[:-2]),
+            }
+        saturated = ((out < 0.01) | (out > 0.99)).double().mean(dim=(-2, -1))
+        return {
+            "diag_prob_sum": out.sum(dim=-1).mean(dim=-1),
+            "diag_saturated_share": saturated,
+            "diag_entropy": self._entropy(out).mean(dim=-1),
+        }
+
+    def _entropy(self, out: torch.Tensor) -> torch.Tensor:
+        # exclusive classes: entropy of the distribution the outputs imply; independent
+        # outputs: mean binary entropy of each output (both in nats)
+        if self.cell.task in ("binary", "multiclass"):
+            q = out.clamp_min(0)
+            q = q / q.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+            return torch.special.entr(q).sum(dim=-1)
+        p = out.clamp(0, 1)
+        return (torch.special.entr(p) + torch.special.entr(1 - p)).mean(dim=-1)
+
+
+def _nanstd(values: torch.Tensor) -> torch.Tensor:
+    mean = values.nanmean(dim=-1, keepdim=True)
+    return ((values - mean) ** 2).nanmean(dim=-1).sqrt()

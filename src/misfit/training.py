@@ -1,0 +1,251 @@
+"""Training of one cell: all its seeds as one batched model, each with its own fate.
+
+The seeds' parameters are stacked along a leading dimension and updated by one AdamW
+(its update is elementwise, so each slice follows exactly the trajectory it would
+follow alone). Every seed keeps its own initialisation, shuffle order and early
+stopping; once it stops it is no longer run. Convolutions are issued per seed: measured
+here, oneDNN's grouped convolution (what vmap lowers to) is slower than separate ones.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from misfit.config import CellConfig, ProtocolConfig
+from misfit.data import CellData
+from misfit.losses import CellLoss, LossRejected
+from misfit.model import CNN, fast_forward
+from misfit.tasks import CellTargets
+
+
+@dataclass
+class SeedOutcome:
+    seed: int
+    status: str = "running"  # running -> ok | failed
+    error: str | None = None
+    best_epoch: int | None = None
+    best_valid: float | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
+
+    def fail(self, message: str) -> None:
+        self.status, self.error = "failed", message
+
+
+class EarlyStopping:
+    """Stop after `patience` epochs without a strict improvement of a finite value."""
+
+    def __init__(self, patience: int, higher_is_better: bool):
+        self.patience = patience
+        self.higher_is_better = higher_is_better
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.epochs_since_best = 0
+
+    def update(self, epoch: int, value: float) -> bool:
+        better = self.best is None or (
+            value > self.best if self.higher_is_better else value < self.best
+        )
+        if math.isfinite(value) and better:
+            self.best, self.best_epoch, self.epochs_since_best = value, epoch, 0
+            return True
+        self.epochs_since_best += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.epochs_since_best >= self.patience
+
+
+def channels_last_stack(stacked: torch.Tensor) -> torch.Tensor:
+    """[S, O, I, kh, kw] with every seed's slice in channels_last layout (what oneDNN wants)."""
+    s, o, i, kh, kw = stacked.shape
+    out = torch.empty_strided(
+        stacked.shape, (o * kh * kw * i, kh * kw * i, 1, kw * i, i),
+        dtype=stacked.dtype, device=stacked.device,
+    )
+    return out.copy_(stacked)
+
+
+def stack_states(states: list[dict[str, torch.Tensor]], device: torch.device) -> dict[str, torch.Tensor]:
+    stacked = {}
+    for name in states[0]:
+        tensor = torch.stack([state[name] for state in states]).to(device)
+        if tensor.dim() == 5:
+            tensor = channels_last_stack(tensor)
+        stacked[name] = tensor.requires_grad_()
+    return stacked
+
+
+def initial_states(cell: CellConfig, seeds: list[int]) -> list[dict[str, torch.Tensor]]:
+    states = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        states.append(CNN(cell.n_outputs, cell.model_activation).state_dict())
+    return states
+
+
+def seed_params(stacked: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    return {name: tensor[index] for name, tensor in stacked.items()}
+
+
+@torch.no_grad()
+def batched_outputs(stacked, indices: list[int], x: torch.Tensor, activation: str, chunk: int) -> torch.Tensor:
+    """Model outputs of the seeds at `indices` on all of x: [len(indices), n, outputs]."""
+    per_seed = []
+    for index in indices:
+        params = seed_params(stacked, index)
+        parts = [fast_forward(params, x[i : i + chunk], activation) for i in range(0, len(x), chunk)]
+        per_seed.append(torch.cat(parts))
+    return torch.stack(per_seed)
+
+
+def loss_in_batches(loss_fn: CellLoss, output: torch.Tensor, target: torch.Tensor, batch_size: int) -> float:
+    """Mean loss over batches of the training batch size, as a DataLoader would give it.
+
+    Batch-wise matters: rmse and the flattened `ce` are not means over samples.
+    """
+    total = 0.0
+    for i in range(0, len(output), batch_size):
+        total += float(loss_fn(output[i : i + batch_size], target[i : i + batch_size])) * len(
+            output[i : i + batch_size]
+        )
+    return total / len(output)
+
+
+def _grad_norms(stacked: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-seed L2 norm of the gradient reaching fc_final and conv1: [2, S]."""
+    return torch.stack([
+        stacked["fc_final.weight"].grad.flatten(1).norm(dim=1),
+        stacked["conv1.weight"].grad.flatten(1).norm(dim=1),
+    ])
+
+
+class CellTrainer:
+    """Trains the seeds of one cell together; see the module docstring."""
+
+    def __init__(self, cell: CellConfig, protocol: ProtocolConfig, seeds: list[int],
+                 data: CellData, device: torch.device):
+        self.cell, self.protocol, self.seeds, self.device = cell, protocol, seeds, device
+        self.data = data
+        self.targets = CellTargets(cell, data.train.y)
+        self.loss_fn = CellLoss(cell)
+        self.train_loss_target = self.targets.loss_target(data.train.y)
+        self.valid_loss_target = self.targets.loss_target(data.valid.y)
+        self.params = stack_states(initial_states(cell, seeds), device)
+        self.optimizer = torch.optim.AdamW(
+            self.params.values(), lr=protocol.lr, weight_decay=protocol.weight_decay,
+            fused=True,
+        )
+        self.shufflers = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.outcomes = [SeedOutcome(seed) for seed in seeds]
+        self.stoppers = [EarlyStopping(protocol.patience, self.targets.spec.higher_is_better) for _ in seeds]
+
+    def run(self, on_epoch: Callable[[int, list[SeedOutcome]], None] | None = None) -> list[SeedOutcome]:
+        for epoch in range(1, self.protocol.max_epochs + 1):
+            active = [i for i, outcome in enumerate(self.outcomes) if outcome.running]
+            if not active:
+                break
+            self._epoch(epoch, active)
+            if on_epoch:
+                on_epoch(epoch, [self.outcomes[i] for i in active])
+        for outcome, stopper in zip(self.outcomes, self.stoppers):
+            if outcome.running:  # reached max_epochs
+                self._finish(outcome, stopper)
+        return self.outcomes
+
+    def _epoch(self, epoch: int, active: list[int]) -> None:
+        started = time.perf_counter()
+        loss_sums, grad_norms = self._train_epoch(epoch, active)
+        active = [i for i in active if self.outcomes[i].running]
+        if not active:
+            return
+        valid_out = batched_outputs(self.params, active, self.data.valid.x,
+                                    self.cell.model_activation, self.protocol.eval_batch_size)
+        scores = self.targets.per_sample_score(valid_out, self.data.valid.y).mean(dim=-1).tolist()
+        diagnostics = {k: v.tolist() for k, v in self.targets.diagnostics(valid_out, self.data.valid.y).items()}
+        n_steps = math.ceil(len(self.data.train.x) / self.protocol.batch_size)
+        train_losses = (loss_sums / len(self.data.train.x)).tolist()
+        mean_grad_norms = (grad_norms / n_steps).tolist()
+        seconds = time.perf_counter() - started
+        for row, i in enumerate(active):
+            outcome, stopper = self.outcomes[i], self.stoppers[i]
+            record = {
+                "epoch": epoch,
+                "train_loss": train_losses[i],
+                "valid_loss": self._valid_loss(outcome, valid_out[row]),
+                "valid_metric": scores[row],
+                "grad_norm_fc_final": mean_grad_norms[0][i],
+                "grad_norm_conv1": mean_grad_norms[1][i],
+                **{name: values[row] for name, values in diagnostics.items()},
+                "seconds": seconds,
+            }
+            record["improved"] = stopper.update(epoch, scores[row])
+            outcome.history.append(record)
+            if record["improved"]:
+                outcome.best_epoch, outcome.best_valid = epoch, scores[row]
+                outcome.best_state = {k: v.detach()[i].contiguous().cpu().clone() for k, v in self.params.items()}
+            if not math.isfinite(train_losses[i]):
+                outcome.fail(f"the training loss became {train_losses[i]} in epoch {epoch}")
+            elif stopper.should_stop:
+                self._finish(outcome, stopper)
+
+    def _finish(self, outcome: SeedOutcome, stopper: EarlyStopping) -> None:
+        if stopper.best is None:
+            outcome.fail(f"the valid {self.targets.spec.metric} was never finite "
+                         f"in {len(outcome.history)} epochs")
+        else:
+            outcome.status = "ok"
+
+    def _valid_loss(self, outcome: SeedOutcome, output: torch.Tensor) -> float:
+        try:
+            return loss_in_batches(self.loss_fn, output, self.valid_loss_target, self.protocol.batch_size)
+        except LossRejected as error:
+            self._reject(outcome, error, "validation")
+            return math.nan
+
+    def _reject(self, outcome: SeedOutcome, error: LossRejected, where: str) -> None:
+        outcome.fail(f"nn.{self.loss_fn.module.__class__.__name__} rejected the {where} batch: {error}")
+
+    def _train_epoch(self, epoch: int, active: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        n, batch = len(self.data.train.x), self.protocol.batch_size
+        orders = {i: torch.randperm(n, generator=self.shufflers[i]).to(self.device) for i in active}
+        loss_sums = torch.zeros(len(self.seeds), dtype=torch.float64, device=self.device)
+        grad_norms = torch.zeros(2, len(self.seeds), dtype=torch.float64, device=self.device)
+        for start in range(0, n, batch):
+            losses = []
+            for i in active:
+                if not self.outcomes[i].running:
+                    continue
+                rows = orders[i][start : start + batch]
+                output = fast_forward(seed_params(self.params, i), self.data.train.x[rows],
+                                      self.cell.model_activation)
+                try:
+                    loss = self.loss_fn(output, self.train_loss_target[rows])
+                except LossRejected as error:
+                    self._reject(self.outcomes[i], error, f"epoch {epoch} training")
+                    continue
+                losses.append(loss)
+                loss_sums[i] += loss.detach().double() * len(rows)
+            if not losses:
+                break
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.stack(losses).sum().backward()
+            grad_norms += _grad_norms(self.params).double()
+            self.optimizer.step()
+        return loss_sums, grad_norms
+
+
+def test_outputs(cell: CellConfig, states: list[dict[str, torch.Tensor]], x: torch.Tensor,
+                 device: torch.device, chunk: int) -> torch.Tensor:
+    """Outputs of best checkpoints on a split: [len(states), n, outputs]."""
+    stacked = stack_states(states, device)
+    return batched_outputs(stacked, list(range(len(states))), x, cell.model_activation, chunk)
