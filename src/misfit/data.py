@@ -29,14 +29,16 @@ MNIST_SHA256 = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-# magic number (unsigned bytes, n dimensions) and shape of each file
-IDX_LAYOUT = {
-    "train-images-idx3-ubyte": (0x0803, (60_000, 28, 28)),
-    "train-labels-idx1-ubyte": (0x0801, (60_000,)),
-    "t10k-images-idx3-ubyte": (0x0803, (10_000, 28, 28)),
-    "t10k-labels-idx1-ubyte": (0x0801, (10_000,)),
+MNIST_SHAPES = {
+    "train-images-idx3-ubyte": (60_000, 28, 28),
+    "train-labels-idx1-ubyte": (60_000,),
+    "t10k-images-idx3-ubyte": (10_000, 28, 28),
+    "t10k-labels-idx1-ubyte": (10_000,),
 }
 MIRROR_ENV = "MNIST_MIRROR"
+# tests point this at a JSON manifest ({file: {"sha256", "shape"}}) of synthetic IDX files;
+# the data identity of every run then says so
+MANIFEST_ENV = "MNIST_MANIFEST"
 SPLITS = ("train", "valid", "test")
 
 
@@ -44,25 +46,49 @@ class DataError(RuntimeError):
     """The data is missing, damaged or not what the study expects; names the file."""
 
 
-def dataset_sha256() -> str:
-    """One digest for the whole data set: the SHA-256 of its manifest."""
-    manifest = "".join(f"{MNIST_SHA256[name]}  {name}\n" for name in sorted(MNIST_SHA256))
-    return hashlib.sha256(manifest.encode()).hexdigest()
+@dataclass(frozen=True)
+class Manifest:
+    sha256: dict[str, str]
+    shapes: dict[str, tuple[int, ...]]
+    source: str  # "official MNIST" or the custom manifest's path
+
+
+def expected_manifest() -> Manifest:
+    custom = os.environ.get(MANIFEST_ENV)
+    if not custom:
+        return Manifest(MNIST_SHA256, MNIST_SHAPES, "official MNIST")
+    try:
+        entries = read_json(Path(custom))
+        return Manifest({name: entries[name]["sha256"] for name in MNIST_SHA256},
+                        {name: tuple(entries[name]["shape"]) for name in MNIST_SHA256}, custom)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{MANIFEST_ENV}={custom}: not a manifest with sha256 and shape for each of "
+                        f"{sorted(MNIST_SHA256)} ({error})") from None
+
+
+def dataset_sha256(manifest: Manifest) -> str:
+    """One digest for the whole data set: the SHA-256 of its sha256sum-style manifest."""
+    lines = "".join(f"{manifest.sha256[name]}  {name}\n" for name in sorted(manifest.sha256))
+    return hashlib.sha256(lines.encode()).hexdigest()
 
 
 # -- download ------------------------------------------------------------------------
 
 def fetch_raw(raw_dir: Path, mirror: Path | None) -> None:
     """Put the four verified, uncompressed IDX files in raw_dir, or leave it untouched."""
+    manifest = expected_manifest()
     with atomic_dir(raw_dir) as staging:
         if mirror is not None:
             copy_from_mirror(mirror, staging)
         else:
             download_with_torchvision(staging)
-        for name, expected in MNIST_SHA256.items():
-            check_idx_header(staging / name, name)
+        for name, expected in manifest.sha256.items():
+            check_idx_header(staging / name, manifest.shapes[name])
             verify_sha256(staging / name, expected)
-        write_json_atomic(staging / "SHA256SUMS.json", MNIST_SHA256)
+        write_json_atomic(staging / "manifest.json", {
+            "source": manifest.source, "dataset_sha256": dataset_sha256(manifest),
+            "sha256": manifest.sha256, "shapes": manifest.shapes,
+        })
 
 
 def copy_from_mirror(mirror: Path, staging: Path) -> None:
@@ -105,8 +131,9 @@ def download_with_torchvision(staging: Path) -> None:
     shutil.rmtree(root)
 
 
-def check_idx_header(path: Path, name: str) -> None:
-    magic, shape = IDX_LAYOUT[name]
+def check_idx_header(path: Path, shape: tuple[int, ...]) -> None:
+    """Magic number (unsigned bytes, len(shape) dimensions), dimensions and size."""
+    magic = 0x0800 + len(shape)
     header_size = 4 * (1 + len(shape))
     with open(path, "rb") as handle:
         header = handle.read(header_size)
@@ -132,17 +159,20 @@ def verify_sha256(path: Path, expected: str) -> None:
 
 # -- split ---------------------------------------------------------------------------
 
-def read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
 
-    check_idx_header(path, path.name)
+    check_idx_header(path, shape)
     return read_sn3_pascalvincent_tensor(str(path)).numpy()
 
 
-def draw_subset(config: DataConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Indices into the 60,000 training images: (train, valid), drawn with the seeded RNG."""
+def draw_subset(config: DataConfig, n_images: int = MNIST_TRAIN_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the training images: (train, valid), drawn with the seeded RNG."""
+    if config.n_train + config.n_valid > n_images:
+        raise DataError(f"data.n_train + data.n_valid = {config.n_train + config.n_valid} exceeds the "
+                        f"{n_images} training images")
     generator = torch.Generator().manual_seed(config.subset_seed)
-    chosen = torch.randperm(MNIST_TRAIN_SIZE, generator=generator)[: config.n_train + config.n_valid]
+    chosen = torch.randperm(n_images, generator=generator)[: config.n_train + config.n_valid]
     chosen = chosen.numpy()
     return chosen[: config.n_train], chosen[config.n_train :]
 
@@ -155,18 +185,21 @@ def split_digest(images: np.ndarray, labels: np.ndarray, indices: np.ndarray) ->
 
 
 def write_split(raw_dir: Path, split_dir: Path, config: DataConfig) -> None:
-    train_images = read_idx(raw_dir / "train-images-idx3-ubyte")
-    train_labels = read_idx(raw_dir / "train-labels-idx1-ubyte")
-    test_images = read_idx(raw_dir / "t10k-images-idx3-ubyte")
-    test_labels = read_idx(raw_dir / "t10k-labels-idx1-ubyte")
-    train_idx, valid_idx = draw_subset(config)
+    raw = read_json(raw_dir / "manifest.json")
+    arrays = {name: read_idx(raw_dir / name, tuple(shape)) for name, shape in raw["shapes"].items()}
+    train_images, train_labels = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]
+    test_images, test_labels = arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"]
+    train_idx, valid_idx = draw_subset(config, len(train_labels))
+    if config.n_test > len(test_labels):
+        raise DataError(f"data.n_test = {config.n_test} exceeds the {len(test_labels)} test images")
     test_idx = np.arange(config.n_test)
     parts = {
         "train": ("train", train_images, train_labels, train_idx),
         "valid": ("train", train_images, train_labels, valid_idx),
         "test": ("t10k", test_images, test_labels, test_idx),
     }
-    manifest = {"dataset_sha256": dataset_sha256(), "raw_sha256": MNIST_SHA256, "splits": {}}
+    manifest = {"dataset_sha256": raw["dataset_sha256"], "dataset_source": raw["source"],
+                "raw_sha256": raw["sha256"], "splits": {}}
     with atomic_dir(split_dir) as staging, open(staging / "indices.csv", "w", newline="") as table:
         writer = csv.writer(table)
         writer.writerow(["split", "source_file", "index", "label"])

@@ -14,7 +14,7 @@ import torch
 
 from misfit.config import load_params
 from misfit.data import load_cell_data
-from misfit.files import read_json, write_json_atomic
+from misfit.files import drop_none, read_json, write_json_atomic
 from misfit.layout import METRICS_DIR, MODELS_DIR, PARAMS_FILE
 from misfit.model import CNN
 from misfit.runtime import configure
@@ -64,7 +64,7 @@ def evaluate_cell(cell_id: str, root: Path = Path(".")) -> Path:
         entry = {key: run[key] for key in ("run_id", "config_digest", "status", "error", "best_epoch",
                                            "epochs_run")}
         entry.update(valid_best=None, test=None, matches_record=None,
-                     recorded={"valid_best": run["valid_best"], "test": run["test"]})
+                     recorded_valid_best=run["valid_best"], recorded_test=run["test"])
         if run["checkpoint"]:
             model = CNN(cell.n_outputs, cell.model_activation).to(device)
             model.load_state_dict(torch.load(root / MODELS_DIR / cell_id / run["checkpoint"],
@@ -90,7 +90,7 @@ def evaluate_cell(cell_id: str, root: Path = Path(".")) -> Path:
         "seeds": seeds,
     }
     path = root / METRICS_DIR / f"{cell_id}.json"
-    write_json_atomic(path, metrics)
+    write_json_atomic(path, drop_none(metrics))
     print(f"{cell_id}: {metrics['status']}, test {metrics['test']}, valid best {metrics['valid_best']}")
     return path
 

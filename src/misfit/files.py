@@ -57,6 +57,15 @@ def json_safe(value):
     return value
 
 
+def drop_none(value):
+    """Leave out null fields: `dvc metrics show` cannot parse them."""
+    if isinstance(value, dict):
+        return {key: drop_none(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [drop_none(item) for item in value]
+    return value
+
+
 def json_float(value) -> float | None:
     """Read back a float written by json_safe."""
     return None if value is None else float(value)

@@ -1,10 +1,13 @@
 """Where a number came from: code version, library versions, configuration digests."""
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 from importlib import metadata
 from pathlib import Path
+
+import yaml
 
 from misfit.files import sha256_json
 
@@ -54,3 +57,15 @@ def cell_digest(cell: dict, protocol: dict, data: dict) -> str:
 def config_digest(cell: dict, protocol: dict, data: dict, seed: int) -> str:
     """Hash of everything that decides one run: equal configs, equal digests."""
     return sha256_json({"cell": cell, "protocol": protocol, "data": data, "seed": seed})
+
+
+def stage_file_deps(root: Path, stage: str) -> list[str]:
+    """The file (not directory) dependencies dvc.yaml declares for a stage or foreach group."""
+    spec = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]
+    deps = spec.get("do", spec).get("deps", [])
+    return [dep for dep in deps if "${" not in dep and (root / dep).is_file()]
+
+
+def md5_of_files(root: Path, paths: list[str]) -> dict[str, str]:
+    """md5 of each file, as dvc.lock writes it for a file dependency."""
+    return {path: hashlib.md5((root / path).read_bytes()).hexdigest() for path in paths}

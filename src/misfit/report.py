@@ -24,14 +24,18 @@ def collect_results(root: Path, params: Params) -> dict:
         seeds = metrics["seeds"]
         cells[cell_id] = {
             "task": metrics["task"], "metric": metrics["metric"], "status": metrics["status"],
-            "error": metrics["error"], "seeds": [int(s) for s in seeds],
-            "valid_best": metrics["valid_best"], "test": metrics["test"],
-            "best_epoch": metrics["best_epoch"],
+            "error": metrics.get("error"), "seeds": [int(s) for s in seeds],
+            **{key: _stat(metrics[key]) for key in ("valid_best", "test", "best_epoch")},
             "runs": [entry["run_id"] for entry in seeds.values()],
             "parent_run": metrics["parent_run_id"], "cell_digest": metrics["cell_digest"],
             "per_seed": seeds, "all_match_record": metrics["all_match_record"],
         }
     return {"cells": cells}
+
+
+def _stat(summary: dict) -> dict:
+    """A metrics-file summary with its absent fields as null, as results.json has them."""
+    return {"mean": summary.get("mean"), "std": summary.get("std"), "n": summary["n"]}
 
 
 def _scale(metric: str) -> float:

@@ -18,7 +18,9 @@ from misfit.data import CellData, load_cell_data, read_split_manifest
 from misfit.layout import MODELS_DIR, PARAMS_FILE, SPLIT_DIR
 from misfit.files import atomic_dir, write_json_atomic
 from misfit.model import model_summary
-from misfit.provenance import cell_digest, config_digest, data_identity, git_state, versions
+from misfit.provenance import (
+    cell_digest, config_digest, data_identity, git_state, md5_of_files, stage_file_deps, versions,
+)
 from misfit.runtime import configure
 from misfit.study import recommended_in, studies_of
 from misfit.tasks import TASKS, CellTargets
@@ -33,10 +35,12 @@ def run_tags(cell_id: str, cell: CellConfig, root: Path, device: torch.device, d
         "loss_input": cell.loss_input, "variant": cell.variant or "-",
         "study": ",".join(studies) or "-",
         "recommended": ",".join(s for s in studies if recommended_in(cell_id, s)) or "no",
-        "dvc_stage": f"train@{cell_id}", "device": str(device), "cell_digest": digest,
-        **git_state(root),
+        "dvc_stage": f"train@{cell_id}", "device": str(device), "threads": str(torch.get_num_threads()),
+        "cell_digest": digest, **git_state(root),
     }
     tags.update({f"version.{name}": value for name, value in versions().items()})
+    # what dvc.lock will pin for this stage's code: the md5 of each file dependency
+    tags.update({f"dep.md5.{path}": md5 for path, md5 in md5_of_files(root, stage_file_deps(root, "train")).items()})
     return tags
 
 

@@ -1,0 +1,151 @@
+"""Seconds per model-epoch: the reference training loop against the project's.
+
+    python bench/epoch.py            # 2 rounds of 4 epochs each way
+    python bench/epoch.py --quick    # under a minute; the last line is JSON
+
+One model-epoch = one pass over the 2,000 training images in batches of 32 plus the
+valid metric on the 3,000 valid images, for one seed. The reference is the way the
+seeds trained: a torch Dataset applying ToTensor + Normalize per sample and DataLoaders
+of batch 32 for train and valid. The project's way is `CellTrainer` with several seeds
+trained as one batched model. Each side runs in its own fresh process (so neither
+inherits the other's allocator or thread state), alternating A B A B, on the same
+images; the figure per side is the median over epochs after the first (warm-up).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+N_TRAIN, N_VALID = 2000, 3000
+
+
+def load_images() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """The pipeline's split if it exists, else random digits of the same shape."""
+    split = ROOT / "data" / "split"
+    if (split / "train.npz").exists():
+        with np.load(split / "train.npz") as train, np.load(split / "valid.npz") as valid:
+            if len(train["labels"]) >= N_TRAIN and len(valid["labels"]) >= N_VALID:
+                return (train["images"][:N_TRAIN], train["labels"][:N_TRAIN].astype(np.int64),
+                        valid["images"][:N_VALID], valid["labels"][:N_VALID].astype(np.int64), "data/split")
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 256, (N_TRAIN, 28, 28), dtype=np.uint8), rng.integers(0, 10, N_TRAIN),
+            rng.integers(0, 256, (N_VALID, 28, 28), dtype=np.uint8), rng.integers(0, 10, N_VALID),
+            "random pixels")
+
+
+def reference_epochs(epochs: int) -> list[float]:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms
+
+    from misfit.model import CNN
+
+    class Digits(Dataset):
+        def __init__(self, images, labels):
+            self.images, self.labels = images, labels
+            self.transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, i):
+            return self.transform(self.images[i]), int(self.labels[i])
+
+    xt, yt, xv, yv, _ = load_images()
+    torch.manual_seed(0)
+    train = DataLoader(Digits(xt, yt), batch_size=32, shuffle=True)
+    valid = DataLoader(Digits(xv, yv), batch_size=32)
+    model = CNN(10, "softmax")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+    times = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        model.train()
+        for x, y in train:
+            optimizer.zero_grad()
+            loss_fn(model(x), y).backward()
+            optimizer.step()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for x, y in valid:
+                correct += int((model(x).argmax(1) == y).sum())
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def project_epochs(epochs: int, seeds: int) -> list[float]:
+    import torch
+
+    from misfit.config import CellConfig, ProtocolConfig
+    from misfit.data import CellData, Split
+    from misfit.runtime import configure
+    from misfit.training import CellTrainer
+
+    protocol = ProtocolConfig(lr=1e-3, weight_decay=0.01, batch_size=32, patience=epochs + 1,
+                              max_epochs=epochs, eval_batch_size=250, normalize_mean=0.5,
+                              normalize_std=0.5, device="auto", threads=0)
+    device = configure(protocol)
+    xt, yt, xv, yv, _ = load_images()
+
+    def split(images, labels):
+        x = torch.from_numpy(images).float().div_(255).sub_(0.5).div_(0.5).unsqueeze(1)
+        return Split(x.to(device), torch.from_numpy(labels).to(device))
+
+    data = CellData(split(xt, yt), split(xv, yv), split(xv[:1], yv[:1]))
+    cell = CellConfig(task="multiclass", activation="softmax", loss="ce", variant=None, loss_input="output")
+    trainer = CellTrainer(cell, protocol, list(range(seeds)), data, device)
+    stamps = [time.perf_counter()]
+    trainer.run(lambda epoch, outcomes: stamps.append(time.perf_counter()))
+    return [(b - a) / seeds for a, b in zip(stamps, stamps[1:])]
+
+
+def run_worker(kind: str, epochs: int, seeds: int) -> list[float]:
+    command = [sys.executable, __file__, "--worker", kind, "--epochs", str(epochs), "--seeds", str(seeds)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 round of 3 epochs each way")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds batched in the project's run")
+    parser.add_argument("--worker", choices=["reference", "project"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        times = reference_epochs(args.epochs) if args.worker == "reference" else project_epochs(args.epochs, args.seeds)
+        print(json.dumps(times))
+        return
+    rounds, epochs = (1, 3) if args.quick else (args.rounds, args.epochs)
+    source = load_images()[-1]
+    print(f"data: {source}; {rounds} round(s) of {epochs} epochs each way; project batches {args.seeds} seeds")
+    reference, project = [], []
+    for round_no in range(rounds):
+        ref = run_worker("reference", epochs, args.seeds)
+        ours = run_worker("project", epochs, args.seeds)
+        print(f"round {round_no + 1}: reference {' '.join(f'{t:.3f}' for t in ref)} s | "
+              f"project {' '.join(f'{t:.3f}' for t in ours)} s per model-epoch")
+        reference += ref[1:]
+        project += ours[1:]
+    ref_s, ours_s = statistics.median(reference), statistics.median(project)
+    print(f"reference: {ref_s:.3f} s per model-epoch (median of {len(reference)})")
+    print(f"project:   {ours_s:.3f} s per model-epoch (median of {len(project)}, {args.seeds} seeds batched)")
+    print(f"ratio reference/project: {ref_s / ours_s:.2f}")
+    print(json.dumps({"reference_s": round(ref_s, 4), "project_s": round(ours_s, 4),
+                      "ratio": round(ref_s / ours_s, 3), "seeds": args.seeds}))
+
+
+if __name__ == "__main__":
+    main()

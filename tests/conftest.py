@@ -1,0 +1,126 @@
+"""Shared test helpers: synthetic IDX data and a real DVC project in a temp dir."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "src", "bench", ".dvcignore")
+MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
+    """An IDX file of unsigned bytes: magic 0x08XX, the dimensions, the data."""
+    data = np.ascontiguousarray(array, dtype=np.uint8)
+    payload = struct.pack(">I", 0x0800 + data.ndim) + struct.pack(f">{data.ndim}I", *data.shape) + data.tobytes()
+    if compress:
+        path.with_name(path.name + ".gz").write_bytes(gzip.compress(payload))
+    else:
+        path.write_bytes(payload)
+
+
+def digit_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """28x28 images a small CNN can tell apart: a bright bar whose place encodes the digit."""
+    images = rng.integers(0, 60, (len(labels), 28, 28), dtype=np.uint8)
+    for i, digit in enumerate(labels):
+        row = 2 + 2 * int(digit)
+        images[i, row : row + 3, 4:24] = 255
+    return images
+
+
+def synthetic_mnist(directory: Path, n_train: int = 600, n_test: int = 300, seed: int = 0,
+                    compress: bool = False) -> Path:
+    """Four small IDX files in `directory` and the manifest (MNIST_MANIFEST) that vouches for them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    train_labels, test_labels = rng.integers(0, 10, n_train), rng.integers(0, 10, n_test)
+    arrays = {
+        "train-images-idx3-ubyte": digit_images(train_labels, rng),
+        "train-labels-idx1-ubyte": train_labels,
+        "t10k-images-idx3-ubyte": digit_images(test_labels, rng),
+        "t10k-labels-idx1-ubyte": test_labels,
+    }
+    manifest = {}
+    for name, array in arrays.items():
+        write_idx(directory / name, array, compress)
+        raw = np.ascontiguousarray(array, dtype=np.uint8)
+        header = struct.pack(">I", 0x0800 + raw.ndim) + struct.pack(f">{raw.ndim}I", *raw.shape)
+        manifest[name] = {"sha256": hashlib.sha256(header + raw.tobytes()).hexdigest(), "shape": list(raw.shape)}
+    path = directory.parent / f"{directory.name}-manifest.json"
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def run(command: list[str], cwd: Path, env: dict | None = None, check: bool = True,
+        timeout: float = 1200) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def base_env(**extra: str) -> dict:
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("MLFLOW_TRACKING_URI", "MNIST_MIRROR", "MNIST_MANIFEST")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.update(MLFLOW_DISABLE_TELEMETRY="true", DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="test",
+               GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test",
+               GIT_COMMITTER_EMAIL="test@example.com", **extra)
+    return env
+
+
+def make_project(target: Path, params: dict | None = None) -> Path:
+    """A fresh git + DVC project holding this repository's pipeline, committed."""
+    target.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, target / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(source, target / name)
+    shutil.copy2(REPO / ".gitignore", target / ".gitignore")
+    if params is not None:
+        (target / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = base_env()
+    run(["git", "init", "-q"], target, env)
+    run(["dvc", "init", "-q"], target, env)
+    run(["dvc", "config", "core.analytics", "false"], target, env)
+    run(["git", "add", "-A"], target, env)
+    run(["git", "commit", "-q", "-m", "project"], target, env)
+    return target
+
+
+def small_params(cells: list[str], **overrides) -> dict:
+    """params.yaml of this repository, shrunk: fewer images, epochs, seeds and cells."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["cells"] = {cell: params["cells"][cell] for cell in cells}
+    params["data"].update(n_train=200, n_valid=100, n_test=100)
+    params["protocol"].update(max_epochs=3, patience=2)
+    params["seeds"] = [0, 1]
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__") if "__" in dotted else (dotted, None)
+        if key is None:
+            params[section] = value
+        else:
+            params[section][key] = value
+    return params
+
+
+@pytest.fixture
+def synthetic_env(tmp_path: Path) -> dict:
+    """Environment under which the download stage takes synthetic IDX files."""
+    manifest = synthetic_mnist(tmp_path / "mirror")
+    return base_env(MNIST_MIRROR=str(tmp_path / "mirror"), MNIST_MANIFEST=str(manifest))
