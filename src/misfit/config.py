@@ -32,7 +32,7 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     # strict: "2000" is not an int and 1.0 is not an int; a typo'd key is an error
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -74,10 +74,11 @@ class CellConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> CellConfig:
-        if (self.task == "regression") != (self.variant is not None):
+        if self.task == "regression" and self.variant is None:
+            raise ValueError("variant (zscore or raw) is required for regression cells")
+        if self.task != "regression" and self.variant is not None:
             raise ValueError(
-                "variant (zscore or raw) is required for regression cells and "
-                f"not allowed for {self.task} cells"
+                f"variant is for regression cells only, not allowed for {self.task} cells (use null)"
             )
         if self.loss_input == "logits" and self.activation not in ("sigmoid", "softmax"):
             raise ValueError(
@@ -162,6 +163,17 @@ def _field_path(loc: tuple) -> str:
     return ".".join(str(part) for part in loc) or "(top level)"
 
 
+def _hint(value: object) -> str:
+    """YAML 1.1 reads 1e-3 (no dot) as a string: say so when a number was meant."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return "; YAML reads this as text: write a number without quotes, e.g. 1.0e-3 rather than 1e-3"
+    return ""
+
+
 def _describe(path: Path, error: ValidationError) -> str:
     lines = [f"{path}: invalid configuration"]
     for item in error.errors():
@@ -176,11 +188,14 @@ def _describe(path: Path, error: ValidationError) -> str:
         else:
             got = repr(item.get("input"))
             got = got if len(got) <= 120 else got[:117] + "..."
-            lines.append(f"  {where}: {message} (got {got})")
+            lines.append(f"  {where}: {message} (got {got}){_hint(item.get('input'))}")
     return "\n".join(lines)
 
 
 def parse_params(raw: object, source: Path) -> Params:
+    if raw is None:
+        raise ConfigError(f"{source}: the file is empty; expected the sections data, protocol, seeds, "
+                          "tracking and cells")
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     try:

@@ -78,31 +78,33 @@ def fetch_raw(raw_dir: Path, mirror: Path | None) -> None:
     """Put the four verified, uncompressed IDX files in raw_dir, or leave it untouched."""
     manifest = expected_manifest()
     with atomic_dir(raw_dir) as staging:
-        if mirror is not None:
-            copy_from_mirror(mirror, staging)
-        else:
-            download_with_torchvision(staging)
+        sources = copy_from_mirror(mirror, staging) if mirror is not None else download_with_torchvision(staging)
         for name, expected in manifest.sha256.items():
-            check_idx_header(staging / name, manifest.shapes[name])
-            verify_sha256(staging / name, expected)
+            check_idx_header(staging / name, manifest.shapes[name], sources[name])
+            verify_sha256(staging / name, expected, sources[name])
         write_json_atomic(staging / "manifest.json", {
             "source": manifest.source, "dataset_sha256": dataset_sha256(manifest),
             "sha256": manifest.sha256, "shapes": manifest.shapes,
         })
 
 
-def copy_from_mirror(mirror: Path, staging: Path) -> None:
+def copy_from_mirror(mirror: Path, staging: Path) -> dict[str, str]:
+    """Copy (or gunzip) the four files into staging; {file: where it came from, for errors}."""
     if not mirror.is_dir():
         raise DataError(f"{MIRROR_ENV}={mirror}: no such directory (expected one holding the "
                         f"four MNIST IDX files, .gz or uncompressed)")
+    sources = {}
     for name in MNIST_SHA256:
         plain, packed = mirror / name, mirror / f"{name}.gz"
         if plain.is_file():
             shutil.copyfile(plain, staging / name)
+            sources[name] = str(plain)
         elif packed.is_file():
             _gunzip(packed, staging / name)
+            sources[name] = f"{packed} (uncompressed)"
         else:
             raise DataError(f"{mirror}: missing {name} (or {name}.gz)")
+    return sources
 
 
 def _gunzip(source: Path, target: Path) -> None:
@@ -113,7 +115,7 @@ def _gunzip(source: Path, target: Path) -> None:
         raise DataError(f"{source}: cannot decompress ({error}); the file is damaged or truncated") from None
 
 
-def download_with_torchvision(staging: Path) -> None:
+def download_with_torchvision(staging: Path) -> dict[str, str]:
     from torchvision.datasets import MNIST  # slow import; only this stage downloads
 
     root = staging / "torchvision"
@@ -129,31 +131,36 @@ def download_with_torchvision(staging: Path) -> None:
     for name in MNIST_SHA256:
         os.replace(root / "MNIST" / "raw" / name, staging / name)
     shutil.rmtree(root)
+    return {name: f"{name} as downloaded by torchvision" for name in MNIST_SHA256}
 
 
-def check_idx_header(path: Path, shape: tuple[int, ...]) -> None:
-    """Magic number (unsigned bytes, len(shape) dimensions), dimensions and size."""
+def check_idx_header(path: Path, shape: tuple[int, ...], label: str | None = None) -> None:
+    """Magic number (unsigned bytes, len(shape) dimensions), dimensions and size.
+
+    `label` names the file in errors (the mirror's file rather than a staging copy).
+    """
+    where = label or str(path)
     magic = 0x0800 + len(shape)
     header_size = 4 * (1 + len(shape))
     with open(path, "rb") as handle:
         header = handle.read(header_size)
     if len(header) < 4 or struct.unpack(">I", header[:4])[0] != magic:
         found = f"{struct.unpack('>I', header[:4])[0]:#010x}" if len(header) >= 4 else "nothing"
-        raise DataError(f"{path}: wrong magic number {found}, expected {magic:#010x} "
+        raise DataError(f"{where}: wrong magic number {found}, expected {magic:#010x} "
                         f"(IDX, unsigned bytes, {len(shape)} dimension(s))")
     dims = struct.unpack(f">{len(shape)}I", header[4:header_size])
     if dims != shape:
-        raise DataError(f"{path}: IDX dimensions {dims}, expected {shape}")
+        raise DataError(f"{where}: IDX dimensions {dims}, expected {shape}")
     expected_size = header_size + int(np.prod(shape))
     if path.stat().st_size != expected_size:
-        raise DataError(f"{path}: {path.stat().st_size} bytes, expected {expected_size} "
+        raise DataError(f"{where}: {path.stat().st_size} bytes, expected {expected_size} "
                         "(the file is truncated or has trailing data)")
 
 
-def verify_sha256(path: Path, expected: str) -> None:
+def verify_sha256(path: Path, expected: str, label: str | None = None) -> None:
     actual = sha256_file(path)
     if actual != expected:
-        raise DataError(f"{path}: SHA-256 of the uncompressed content is {actual}, "
+        raise DataError(f"{label or path}: SHA-256 of the uncompressed content is {actual}, "
                         f"expected {expected} (the file is not the official MNIST file)")
 
 
@@ -185,6 +192,8 @@ def split_digest(images: np.ndarray, labels: np.ndarray, indices: np.ndarray) ->
 
 
 def write_split(raw_dir: Path, split_dir: Path, config: DataConfig) -> None:
+    if not (raw_dir / "manifest.json").is_file():
+        raise DataError(f"{raw_dir / 'manifest.json'}: missing; run the download stage first (dvc repro download)")
     raw = read_json(raw_dir / "manifest.json")
     arrays = {name: read_idx(raw_dir / name, tuple(shape)) for name, shape in raw["shapes"].items()}
     train_images, train_labels = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]

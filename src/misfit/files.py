@@ -21,6 +21,7 @@ def _umask() -> int:
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield an empty staging directory that replaces `final` only if the block succeeds."""
+    created_parent = not final.parent.exists()
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; outputs are ordinary dirs
@@ -31,6 +32,8 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         os.replace(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created_parent and not any(final.parent.iterdir()):
+            final.parent.rmdir()
 
 
 def write_text_atomic(path: Path, text: str) -> None:

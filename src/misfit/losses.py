@@ -55,10 +55,11 @@ class CellLoss:
         if self.flatten:
             output, target = output.reshape(-1), target.reshape(-1)
         if self.check_range_first and output.is_cuda:
-            # on CUDA nn.BCELoss's range check is a device-side assert that kills the
-            # process; check the same condition on the host to get the CPU's error
-            if bool(((output < 0) | (output > 1)).any()):
-                raise LossRejected("all elements of input should be between 0 and 1")
+            # on CUDA nn.BCELoss's range checks (input, then target; NaN fails them) are
+            # device-side asserts that kill the process: check on the host, as the CPU does
+            for name, values in (("input", output), ("target", target)):
+                if not bool(((values >= 0) & (values <= 1)).all()):
+                    raise LossRejected(f"all elements of {name} should be between 0 and 1")
         try:
             return self.module(output, target)
         except (RuntimeError, ValueError) as error:
