@@ -34,6 +34,15 @@ def summarize(values: list[float]) -> dict:
     }
 
 
+def describe_failures(errors: dict[str, str]) -> str | None:
+    """One line for the failed seeds, each distinct error once: "seeds 0, 2: ...; seed 1: ..."."""
+    by_error: dict[str, list[str]] = {}
+    for seed, error in errors.items():
+        by_error.setdefault(error, []).append(seed)
+    parts = [f"seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}: {error}" for error, seeds in by_error.items()]
+    return "; ".join(parts) or None
+
+
 @torch.no_grad()
 def score_checkpoint(model: CNN, targets: CellTargets, x: torch.Tensor, y: torch.Tensor, chunk: int) -> float:
     outputs = torch.cat([model(x[i : i + chunk]) for i in range(0, len(x), chunk)])
@@ -81,7 +90,7 @@ def evaluate_cell(cell_id: str, root: Path = Path(".")) -> Path:
     metrics = {
         "cell": cell_id, "task": cell.task, "metric": record["metric"],
         "status": "failed" if failed else "ok",
-        "error": "; ".join(f"seed {seed}: {error}" for seed, error in failed.items()) or None,
+        "error": describe_failures(failed),
         "parent_run_id": record["parent_run_id"], "cell_digest": record["cell_digest"],
         "valid_best": summarize([s["valid_best"] for s in ok]),
         "test": summarize([s["test"] for s in ok]),

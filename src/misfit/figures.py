@@ -1,0 +1,120 @@
+"""The report's figures (matplotlib, PNG): learning curves, test metrics, diagnostics."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from misfit.files import json_float  # noqa: E402
+
+UNITS = {"accuracy": "accuracy (%)", "mse": "MSE (strokes², log scale)"}
+
+
+def _scaled(value, metric: str) -> float:
+    value = json_float(value)
+    if value is None or not math.isfinite(value):
+        return math.nan
+    return value * 100 if metric == "accuracy" else value
+
+
+def per_epoch(histories: list[list[dict]], key: str, metric: str | None = None) -> tuple[np.ndarray, ...]:
+    """(epochs, mean, std) of a per-epoch value over the seeds that reached each epoch."""
+    longest = max((len(h) for h in histories), default=0)
+    table = np.full((len(histories), longest), np.nan)
+    for row, history in enumerate(histories):
+        for record in history:
+            value = record.get(key)
+            table[row, record["epoch"] - 1] = _scaled(value, metric) if metric else (
+                math.nan if value is None else float(value))
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(table, axis=0) if longest else np.array([])
+            std = np.nanstd(table, axis=0, ddof=1) if len(histories) > 1 and longest else np.zeros(longest)
+    return np.arange(1, longest + 1), mean, np.nan_to_num(std)
+
+
+def learning_curves(task: str, metric: str, curves: dict[str, list[list[dict]]], path: Path) -> None:
+    """Valid metric per epoch, one line per cell: mean over seeds, band = ± one std."""
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for cell, histories in curves.items():
+        epochs, mean, std = per_epoch(histories, "valid_metric", metric)
+        if not len(epochs) or np.all(np.isnan(mean)):
+            continue
+        (line,) = ax.plot(epochs, mean, label=cell, linewidth=1.4)
+        ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+    if metric == "mse":
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"valid {UNITS[metric]}")
+    ax.set_title(f"{task}: valid metric per epoch (mean over seeds, band ± 1 std)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best", ncol=2)
+    _save(fig, path)
+
+
+def test_bars(title: str, groups: dict[str, list[tuple[str, dict]]], path: Path) -> None:
+    """Test metric per cell with ± std error bars, one panel per task."""
+    tasks = [task for task, rows in groups.items() if rows]
+    heights = [max(1, len(groups[t])) for t in tasks]
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(9, 1.0 + 0.42 * sum(heights) + 0.5 * len(tasks)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, task in zip(axes[:, 0], tasks):
+        rows = groups[task]
+        metric = rows[0][1]["metric"]
+        names = [cell for cell, _ in rows]
+        means = [_scaled(entry["test"]["mean"], metric) if entry["test"]["n"] else math.nan for _, entry in rows]
+        errors = [_scaled(entry["test"]["std"], metric) if entry["test"]["std"] is not None else 0.0
+                  for _, entry in rows]
+        y = np.arange(len(rows))
+        ax.barh(y, np.nan_to_num(means), xerr=np.nan_to_num(errors), color="tab:blue", alpha=0.7, capsize=3)
+        for i, mean in enumerate(means):
+            if math.isnan(mean):
+                ax.text(0, i, "  failed (no result)", va="center", color="tab:red", fontsize=8)
+        ax.set_yticks(y, names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"test {UNITS[metric]}" if metric == "accuracy" else "test MSE (strokes²)")
+        ax.set_title(task, fontsize=10, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"{title}: test metric per cell (mean ± std over seeds)", fontsize=11)
+    _save(fig, path)
+
+
+def diagnostic_panels(title: str, keys: list[tuple[str, str]], curves: dict[str, list[list[dict]]],
+                      path: Path) -> None:
+    """One panel per diagnostic (key, axis label); one line per cell, mean over seeds."""
+    columns = min(3, len(keys))
+    rows = math.ceil(len(keys) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.6 * rows), squeeze=False)
+    for ax, (key, label) in zip(axes.flat, keys):
+        log = key.startswith("grad_norm")  # gradients span many orders of magnitude
+        for cell, histories in curves.items():
+            epochs, mean, std = per_epoch(histories, key)
+            if len(epochs) and not np.all(np.isnan(mean)):
+                (line,) = ax.plot(epochs, mean, label=cell, linewidth=1.4)
+                low = np.maximum(mean - std, mean * 0.1) if log else mean - std
+                ax.fill_between(epochs, low, mean + std, color=line.get_color(), alpha=0.15)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
