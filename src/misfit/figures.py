@@ -63,6 +63,8 @@ def learning_curves(task: str, metric: str, curves: dict[str, list[list[dict]]],
 def test_bars(title: str, groups: dict[str, list[tuple[str, dict]]], path: Path) -> None:
     """Test metric per cell with ± std error bars, one panel per task."""
     tasks = [task for task, rows in groups.items() if rows]
+    if not tasks:
+        return
     heights = [max(1, len(groups[t])) for t in tasks]
     fig, axes = plt.subplots(len(tasks), 1, figsize=(9, 1.0 + 0.42 * sum(heights) + 0.5 * len(tasks)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)

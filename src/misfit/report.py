@@ -236,6 +236,8 @@ def render_report(results: dict, params: Params, histories: dict, label_summary:
     ]
     links = (params.tracking.ui_base_url, experiment_id)
     for study in STUDIES:
+        if not any(study_cells(study, task, results) for task in TASK_ORDER):
+            continue
         lines += ["", f"## {STUDY_TITLES[study]}"]
         if study == ADDED:
             cells = [c for task in TASK_ORDER for c in study_cells(study, task, results)]
@@ -249,10 +251,11 @@ def render_report(results: dict, params: Params, histories: dict, label_summary:
                 continue
             lines += ["", f"### {study} · {task}", "", *table_rows(study, cells, results, *links), "",
                       task_finding(cells, reference_cell(study, task, results), results, task_baselines[task])]
-        path = figure_dir / f"test-{study.lower()}.png"
-        figures.test_bars(STUDY_TITLES[study], {t: [(c, results["cells"][c]) for c in study_cells(study, t, results)]
-                                                for t in TASK_ORDER}, path)
-        lines += ["", f"![{STUDY_TITLES[study]}]({FIGURES}/{path.name})"]
+        groups = {t: [(c, results["cells"][c]) for c in study_cells(study, t, results)] for t in TASK_ORDER}
+        if any(groups.values()):
+            path = figure_dir / f"test-{study.lower()}.png"
+            figures.test_bars(STUDY_TITLES[study], groups, path)
+            lines += ["", f"![{STUDY_TITLES[study]}]({FIGURES}/{path.name})"]
     lines += published_section(results)
     lines += double_softmax_section(results, histories)
     lines += diagnostics_sections(results, histories, label_summary, figure_dir)

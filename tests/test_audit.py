@@ -1,0 +1,399 @@
+"""`misfit audit` on a real pipeline run (DVC, MLflow, every stage) over synthetic IDX files.
+
+One small run per module. Tests that change the project (params.yaml, dvc.lock, code,
+git history, the MLflow store) put it back before they end, so the others see it as made.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import base_env, make_project, run, small_params, synthetic_mnist
+
+CELL = "regression-none-mse-zscore"  # an MSE: a float that bit-identity is meaningful for
+OTHER = "binary-logits-ce"  # with CELL, one cell in each study: the report renders every study
+CELLS = [CELL, OTHER]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("audit")
+    manifest = synthetic_mnist(tmp / "mirror")
+    env = base_env(MNIST_MIRROR=str(tmp / "mirror"), MNIST_MANIFEST=str(manifest))
+    root = make_project(tmp / "project", small_params(CELLS))
+    run(["dvc", "repro"], root, env)
+    return root, env
+
+
+@pytest.fixture
+def in_project(project, monkeypatch):
+    """The audit's environment, in this process: the project's store and data mirror."""
+    root, env = project
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for key in ("MNIST_MIRROR", "MNIST_MANIFEST"):
+        monkeypatch.setenv(key, env[key])
+    return root
+
+
+def record(root: Path, cell: str = CELL) -> dict:
+    return json.loads((root / "models" / cell / "record.json").read_text())
+
+
+def audit(root: Path, query: str, seed: int | None = None) -> dict:
+    from misfit.audit import audit as run_audit
+
+    return run_audit(root, query, seed)
+
+
+def cli(root: Path, env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(["misfit", "audit", *args], root, env, check=check, timeout=300)
+
+
+def kinds(report: dict) -> list[str]:
+    return [d["kind"] for d in report["disagreements"]]
+
+
+def store_digest(root: Path) -> str:
+    return hashlib.sha256((root / "mlruns" / "mlflow.db").read_bytes()).hexdigest()
+
+
+# -- finding the runs ----------------------------------------------------------------
+
+def test_by_cell_id_prints_config_data_code_metrics_runs_and_commands(project):
+    root, env = project
+    rec = record(root)
+    head = run(["git", "rev-parse", "HEAD"], root, env).stdout.strip()
+    text = cli(root, env, CELL).stdout
+    for expected in (
+        f"audit of {CELL} (matched cell id {CELL}",
+        "cell      task=regression activation=none loss=mse variant=zscore loss_input=output",
+        "protocol  lr=0.001", "max_epochs=3", "data      subset_seed=0 n_train=200 n_valid=100 n_test=100",
+        "seeds     [0, 1]", f"cell digest   {rec['cell_digest']}",
+        f"dataset sha256  {rec['data']['dataset_sha256']}",
+        *(rec["data"]["splits"][s]["sha256"] for s in ("train", "valid", "test")),
+        f"git commit {head} (dirty: false)", "md5 ", "src/misfit/training.py",
+        f"parent run    {rec['parent_run_id']}",
+        f"git checkout {head}", f"MNIST_MIRROR={env['MNIST_MIRROR']}", f"MNIST_MANIFEST={env['MNIST_MANIFEST']}",
+        "dvc repro label-derive", f"dvc repro --force --single-item train@{CELL} evaluate@{CELL}",
+    ):
+        assert expected in text, expected
+    for run_record in rec["runs"]:
+        assert f"{run_record['run_id']}" in text and repr(run_record["test"]) in text
+    assert text.split("disagreements between the records and the current tree\n")[1].startswith("  none")
+
+
+def test_seed_narrows_to_one_run(in_project):
+    rec = record(in_project)
+    report = audit(in_project, CELL, seed=1)
+    seed1 = next(r for r in rec["runs"] if r["seed"] == 1)
+    assert report["seed"] == 1
+    assert [r["seed"] for r in report["metrics"]["seeds"]] == [1]
+    assert report["metrics"]["seeds"][0]["test"] == seed1["test"]
+    assert report["digests"]["config"] == {"1": seed1["config_digest"]}
+    assert report["reproduce"]["expect"]["test"] == {"1": seed1["test"]}
+    # the cell's summary still covers every seed
+    assert report["metrics"]["summary"]["test"]["n"] == 2
+
+
+def test_unknown_seed_and_unknown_query_are_errors(project, in_project):
+    from misfit.audit import AuditError
+
+    root, env = project
+    done = cli(root, env, CELL, "--seed", "9", check=False)
+    assert done.returncode == 1 and "has no seed 9; its runs are seeds [0, 1]" in done.stderr
+    for query, message in (("no-such-cell", "is not a cell of params.yaml"),
+                           ("abc1234", "at least 8 hex characters"),  # too short to be a prefix
+                           ("0" * 12, "starts with '000000000000'")):
+        with pytest.raises(AuditError, match=message):
+            audit(in_project, query)
+
+
+def test_by_run_id_parent_child_and_prefix(in_project):
+    rec = record(in_project)
+    by_parent = audit(in_project, rec["parent_run_id"])
+    assert (by_parent["cell"], by_parent["seed"], by_parent["matched"]["by"]) == (CELL, None, "run id")
+    child = rec["runs"][1]
+    for query in (child["run_id"], child["run_id"][:8].upper()):
+        report = audit(in_project, query)
+        assert (report["cell"], report["seed"]) == (CELL, child["seed"])
+        assert report["matched"] == {"by": "run id", "value": child["run_id"]}
+        assert report["mlflow"]["seed_run_ids"] == {str(child["seed"]): child["run_id"]}
+    from misfit.audit import AuditError
+
+    with pytest.raises(AuditError, match="is seed 1 of"):
+        audit(in_project, child["run_id"], seed=0)
+
+
+def test_by_digest_prefix(in_project):
+    rec = record(in_project)
+    seed0 = rec["runs"][0]
+    report = audit(in_project, seed0["config_digest"][:8])
+    assert report["matched"] == {"by": "config digest", "value": seed0["config_digest"]}
+    assert (report["cell"], report["seed"]) == (CELL, 0)
+    report = audit(in_project, rec["cell_digest"])
+    assert report["matched"]["by"] == "cell digest" and report["seed"] is None
+    assert [r["seed"] for r in report["metrics"]["seeds"]] == [0, 1]
+    other = record(in_project, OTHER)
+    assert audit(in_project, other["cell_digest"][:10])["cell"] == OTHER
+
+
+def test_json_schema(project):
+    root, env = project
+    rec = record(root)
+    report = json.loads(cli(root, env, CELL, "--json").stdout)
+    assert set(report) == {"query", "matched", "cell", "seed", "source", "configuration", "digests",
+                           "data_identity", "code", "metrics", "mlflow", "reproduce", "disagreements", "notes"}
+    assert report["query"] == CELL and report["source"] == f"models/{CELL}/record.json"
+    config = report["configuration"]
+    assert config["cell"] == rec["cell"] and config["protocol"] == rec["protocol"]
+    assert config["data"] == rec["data"]["config"] and config["seeds"] == [0, 1]
+    assert config["experiment"] == "misfit"
+    assert report["digests"] == {"cell": rec["cell_digest"],
+                                 "config": {str(r["seed"]): r["config_digest"] for r in rec["runs"]}}
+    assert report["data_identity"] == {"dataset_sha256": rec["data"]["dataset_sha256"],
+                                       "splits": rec["data"]["splits"]}
+    code = report["code"]
+    assert code["git_commit"] == rec["tags"]["git_commit"] and code["git_dirty"] == "false"
+    assert code["dep_md5"] == {k.removeprefix("dep.md5."): v for k, v in rec["tags"].items()
+                               if k.startswith("dep.md5.")}
+    assert set(code["versions"]) >= {"python", "torch", "mlflow", "dvc"}
+    assert code["device"] == "cpu" and code["threads"].isdigit()
+    metrics = report["metrics"]
+    assert metrics["metric"] == "mse" and metrics["better"] == "lower"
+    for row, recorded in zip(metrics["seeds"], rec["runs"], strict=True):
+        for key in ("seed", "status", "valid_best", "test", "best_epoch", "epochs_run", "run_id", "config_digest"):
+            assert row[key] == recorded[key], key
+    evaluated = json.loads((root / "metrics" / f"{CELL}.json").read_text())
+    assert metrics["summary"]["test"] == evaluated["test"]
+    assert metrics["evaluate"]["test"] == evaluated["test"] and metrics["evaluate"]["all_match_record"] is True
+    mlflow = report["mlflow"]
+    assert mlflow["tracking_uri"] == f"sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}"
+    assert mlflow["experiment_id"] and mlflow["parent_run_id"] == rec["parent_run_id"]
+    reproduce = report["reproduce"]
+    assert reproduce["env"]["MNIST_MIRROR"] == env["MNIST_MIRROR"]
+    assert reproduce["env"]["OMP_NUM_THREADS"] == rec["tags"]["threads"]
+    assert reproduce["commands"][0] == f"git checkout {rec['tags']['git_commit']}"
+    assert reproduce["commands"][-1] == f"dvc repro --force --single-item train@{CELL} evaluate@{CELL}"
+    assert report["disagreements"] == []
+
+
+# -- disagreements -------------------------------------------------------------------
+
+def test_params_yaml_changed_since_the_run(in_project):
+    path = in_project / "params.yaml"
+    original = path.read_text()
+    params = yaml.safe_load(original)
+    params["protocol"]["max_epochs"] = 5
+    params["seeds"] = [0, 1, 2]
+    params["data"]["n_valid"] = 150
+    del params["cells"][OTHER]
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        report = audit(in_project, CELL)
+        other = audit(in_project, OTHER)  # still found by its record
+    finally:
+        path.write_text(original)
+    assert kinds(report) == ["params"]
+    fields = {d["field"]: (d["recorded"], d["current"]) for d in report["disagreements"][0]["fields"]}
+    assert fields == {"protocol.max_epochs": (3, 5), "data.n_valid": (100, 150), "seeds": ([0, 1], [0, 1, 2])}
+    message = report["disagreements"][0]["message"]
+    assert "protocol.max_epochs: recorded 3, params.yaml 5" in message and "seeds" in message
+    other_fields = [d["field"] for d in other["disagreements"][0]["fields"]]
+    assert other_fields[0] == f"cells.{OTHER}" and other["disagreements"][0]["fields"][0]["current"] == "<absent>"
+    assert audit(in_project, CELL)["disagreements"] == []
+
+
+def test_run_deleted_from_the_store(in_project):
+    from mlflow import MlflowClient
+
+    from misfit.tracking import tracking_uri
+
+    rec = record(in_project)
+    victim = rec["runs"][0]["run_id"]
+    client = MlflowClient(tracking_uri(in_project))
+    client.delete_run(victim)
+    try:
+        report = audit(in_project, CELL)
+    finally:
+        client.restore_run(victim)
+    (missing,) = [d for d in report["disagreements"] if d["kind"] == "missing_run"]
+    assert missing["run_id"] == victim and missing["state"] == "deleted"
+    assert "lifecycle 'deleted'" in missing["message"]
+    for source in (f"models/{CELL}/record.json", f"metrics/{CELL}.json", "reports/results.json"):
+        assert source in missing["message"]
+    assert audit(in_project, CELL)["disagreements"] == []
+
+
+def test_metrics_file_names_a_run_the_store_lacks(in_project):
+    path = in_project / "metrics" / f"{CELL}.json"
+    original = path.read_text()
+    metrics = json.loads(original)
+    ghost = "f" * 32
+    metrics["seeds"]["1"]["run_id"] = ghost
+    path.write_text(json.dumps(metrics))
+    try:
+        report = audit(in_project, CELL)
+    finally:
+        path.write_text(original)
+    (missing,) = report["disagreements"]
+    assert (missing["kind"], missing["run_id"], missing["state"]) == ("missing_run", ghost, "missing")
+    assert f"named in metrics/{CELL}.json)" in missing["message"] and "is not in the MLflow store" in missing["message"]
+
+
+def test_runs_missing_from_another_store(in_project, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    MlflowClient(other).search_experiments()  # an existing, empty store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    report = audit(in_project, CELL)
+    missing = {d["run_id"]: d["state"] for d in report["disagreements"] if d["kind"] == "missing_run"}
+    rec = record(in_project)
+    assert missing == {run_id: "missing" for run_id in [rec["parent_run_id"], *(r["run_id"] for r in rec["runs"])]}
+    assert report["mlflow"]["tracking_uri"] == other
+
+
+def test_new_commit_since_the_run(in_project):
+    env = base_env()
+    recorded = record(in_project)["tags"]["git_commit"]
+    (in_project / "NOTES.md").write_text("a later change\n")
+    run(["git", "add", "NOTES.md"], in_project, env)
+    run(["git", "commit", "-q", "-m", "later"], in_project, env)
+    head = run(["git", "rev-parse", "HEAD"], in_project, env).stdout.strip()
+    try:
+        report = audit(in_project, CELL)
+    finally:
+        run(["git", "reset", "-q", "--hard", recorded], in_project, env)
+    assert kinds(report) == ["commit"]
+    assert report["disagreements"][0]["recorded"] == recorded and report["disagreements"][0]["head"] == head
+    assert f"made at commit {recorded[:12]}, HEAD is {head[:12]}" in report["disagreements"][0]["message"]
+    assert report["reproduce"]["commands"][0] == f"git checkout {recorded}"
+
+
+def test_run_made_with_uncommitted_params_is_reproduced_with_its_own_values(in_project):
+    """A run whose commit holds other params (a dirty tree) gets `dvc exp run -S` with its values."""
+    from mlflow import MlflowClient
+
+    from misfit.tracking import tracking_uri
+
+    env = base_env()
+    rec = record(in_project)
+    original = rec["tags"]["git_commit"]
+    path = in_project / "params.yaml"
+    text = path.read_text()
+    params = yaml.safe_load(text)
+    params["protocol"]["max_epochs"] = 5
+    params["cells"]["regression-none-mse-raw"] = {**params["cells"].pop(CELL), "variant": "raw"}
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "commit", "-q", "-am", "other params"], in_project, env)
+    later = run(["git", "rev-parse", "HEAD"], in_project, env).stdout.strip()
+    client = MlflowClient(tracking_uri(in_project))
+    # as if the run had been made at `later` with the first params.yaml edited in, uncommitted
+    client.set_tag(rec["parent_run_id"], "git_commit", later)
+    try:
+        report = audit(in_project, CELL)
+    finally:
+        client.set_tag(rec["parent_run_id"], "git_commit", original)
+        run(["git", "reset", "-q", "--hard", original], in_project, env)
+    (at_commit,) = [d for d in report["disagreements"] if d["kind"] == "params_at_commit"]
+    fields = {d["field"]: d["current"] for d in at_commit["fields"]}
+    assert fields == {f"cells.{CELL}": "<absent>", "protocol.max_epochs": 5}
+    cell = ('{task:"regression",activation:"none",loss:"mse",variant:"zscore",loss_input:"output",'
+            'outputs:null}')
+    assert report["reproduce"]["commands"][0] == f"git checkout {later}"
+    # Hydra's override grammar, as `dvc exp run -S` reads it; `+` adds a key the file lacks
+    assert report["reproduce"]["commands"][-1] == (
+        f"dvc exp run --force -S '+cells.{CELL}={cell}' -S protocol.max_epochs=3 train@{CELL} evaluate@{CELL}")
+    assert "dvc repro label-derive" not in report["reproduce"]["commands"]
+
+
+def test_dvc_lock_and_working_tree_code_differ_from_the_run(in_project):
+    lock_path, code_path = in_project / "dvc.lock", in_project / "src" / "misfit" / "losses.py"
+    lock_text, code_text = lock_path.read_text(), code_path.read_text()
+    lock = yaml.safe_load(lock_text)
+    (dep,) = [d for d in lock["stages"][f"train@{CELL}"]["deps"] if d["path"] == "src/misfit/model.py"]
+    dep["md5"] = "0" * 32
+    lock_path.write_text(yaml.safe_dump(lock, sort_keys=False))
+    code_path.write_text(code_text + "\n# a later edit\n")
+    try:
+        report = audit(in_project, CELL)
+    finally:
+        lock_path.write_text(lock_text)
+        code_path.write_text(code_text)
+    assert sorted(kinds(report)) == ["code", "dvc_lock"]
+    by_kind = {d["kind"]: d for d in report["disagreements"]}
+    assert [f["path"] for f in by_kind["dvc_lock"]["files"]] == ["src/misfit/model.py"]
+    assert by_kind["dvc_lock"]["files"][0]["dvc_lock"] == "0" * 32
+    assert [f["path"] for f in by_kind["code"]["files"]] == ["src/misfit/losses.py"]
+    assert audit(in_project, CELL)["disagreements"] == []
+
+
+def test_without_its_record_the_store_answers(in_project, tmp_path):
+    rec = record(in_project, OTHER)
+    moved = tmp_path / "moved"
+    (in_project / "models" / OTHER).rename(moved)
+    try:
+        by_cell = audit(in_project, OTHER)
+        by_seed_run = audit(in_project, rec["runs"][1]["run_id"])
+    finally:
+        moved.rename(in_project / "models" / OTHER)
+    for report in (by_cell, by_seed_run):
+        assert report["source"] == f"MLflow run {rec['parent_run_id']}"
+        assert "record" in kinds(report) and "(the file is absent)" in report["disagreements"][0]["message"]
+        config = report["configuration"]
+        assert (config["cell"], config["protocol"], config["data"], config["seeds"]) == (
+            rec["cell"], rec["protocol"], rec["data"]["config"], rec["seeds"])
+        assert report["digests"]["cell"] == rec["cell_digest"]
+        assert report["data_identity"]["dataset_sha256"] == rec["data"]["dataset_sha256"]
+        assert {k: v["sha256"] for k, v in report["data_identity"]["splits"].items()} == {
+            k: v["sha256"] for k, v in rec["data"]["splits"].items()}
+        assert report["code"]["git_commit"] == rec["tags"]["git_commit"]
+    assert [(r["seed"], r["run_id"], r["test"], r["valid_best"], r["best_epoch"], r["config_digest"])
+            for r in by_cell["metrics"]["seeds"]] == [
+        (r["seed"], r["run_id"], r["test"], r["valid_best"], r["best_epoch"], r["config_digest"]) for r in rec["runs"]]
+    assert by_seed_run["seed"] == 1 and by_seed_run["matched"]["by"] == "run id"
+
+
+def test_audit_never_writes_to_the_store(project, in_project, tmp_path, monkeypatch):
+    root, env = project
+    before = store_digest(root)
+    cli(root, env, CELL, "--json")
+    assert store_digest(root) == before
+    absent = tmp_path / "absent.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{absent}")
+    report = audit(in_project, CELL)
+    assert not absent.exists()
+    assert kinds(report) == ["mlflow"] and f"no MLflow store at {absent}" in report["disagreements"][0]["message"]
+    # the records alone still give the whole answer
+    assert report["metrics"]["seeds"][0]["test"] == record(root)["runs"][0]["test"]
+
+
+# -- the printed commands reproduce the number -----------------------------------------
+
+def test_printed_commands_reproduce_the_number_in_a_fresh_clone(project, tmp_path):
+    root, env = project
+    report = json.loads(cli(root, env, CELL, "--json").stdout)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
+    assert not (clone / "data").exists() and not (clone / "models").exists()
+    # the printed lines, as a shell runs them; the environment is only what they export
+    script = "set -eu\n" + "\n".join(report["reproduce"]["commands"]) + "\n"
+    done = subprocess.run(["bash", "-c", script], cwd=clone, env=base_env(), capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    again = json.loads((clone / "metrics" / f"{CELL}.json").read_text())
+    rec = record(root)
+    for recorded in rec["runs"]:
+        seed = again["seeds"][str(recorded["seed"])]
+        # bit-identical: same data, code, config, seed, thread count
+        assert seed["test"] == recorded["test"] == report["reproduce"]["expect"]["test"][str(recorded["seed"])]
+        assert seed["valid_best"] == recorded["valid_best"] and seed["best_epoch"] == recorded["best_epoch"]
+        assert seed["config_digest"] == recorded["config_digest"]
+    # the clone trained for real: new runs in its own store
+    assert again["parent_run_id"] != rec["parent_run_id"]
+    assert (clone / "mlruns" / "mlflow.db").is_file()

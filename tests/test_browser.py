@@ -1,0 +1,199 @@
+"""The MLflow UI, for real: `misfit ui` serves a real pipeline's store and headless
+Chromium renders the run table, a filtered table and a run page the report links to."""
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import base_env, make_project, run, small_params, synthetic_mnist
+
+CELLS = ["regression-none-mse-zscore", "binary-logits-ce"]  # one cell in each study
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                  "--hide-scrollbars"]
+# the React app renders after its API calls; virtual time lets Chromium wait for them
+VIRTUAL_TIME_MS = 15000
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    if Path(CHROMIUM).exists():
+        return CHROMIUM
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip(f"{CHROMIUM} is missing and this session cannot apt-get install it (not root, or no apt)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    done = subprocess.run(["apt-get", "install", "-y", "chromium"], env=env, capture_output=True, text=True)
+    if done.returncode != 0:  # a stale package list: refresh it once
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True, check=True)
+        subprocess.run(["apt-get", "install", "-y", "chromium"], env=env, capture_output=True, text=True,
+                       check=True)
+    assert Path(CHROMIUM).exists()
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("browser")
+    manifest = synthetic_mnist(tmp / "mirror")
+    env = base_env(MNIST_MIRROR=str(tmp / "mirror"), MNIST_MANIFEST=str(manifest))
+    root = make_project(tmp / "project", small_params(CELLS))
+    run(["dvc", "repro"], root, env)
+    return root, env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop(process: subprocess.Popen, server_groups: list[int]) -> None:
+    """`misfit ui` by its process group; then the server's own group, should it outlive it."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)  # misfit ui stops its server on SIGTERM
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=20)
+    for group in server_groups:
+        if alive(group):
+            os.killpg(group, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def server(project, tmp_path_factory):
+    root, env = project
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen(["misfit", "ui", "--port", str(port)], cwd=root, env=env, stdout=handle,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    server_groups: list[int] = []  # misfit ui starts the server in a process group of its own
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, f"misfit ui exited:\n{log.read_text()}"
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"no answer from {base}:\n{log.read_text()}"
+            time.sleep(0.5)
+        server_groups += children(process.pid)
+        assert server_groups, "misfit ui answers, so it has a server child"
+        yield SimpleNamespace(base=base, log=log, process=process, groups=server_groups)
+    finally:
+        stop(process, server_groups)
+
+
+def browse(chromium: str, url: str, profile: Path, *action: str) -> subprocess.CompletedProcess:
+    command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+               f"--virtual-time-budget={VIRTUAL_TIME_MS}", *action, url]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180)
+
+
+def visible_text(dom: str) -> str:
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", "\n", dom))
+
+
+def experiment_id(root: Path) -> str:
+    from mlflow import MlflowClient
+
+    from misfit.tracking import tracking_uri
+
+    return MlflowClient(tracking_uri(root)).get_experiment_by_name("misfit").experiment_id
+
+
+def test_ui_prints_its_url(server, project):
+    base, log = server.base, server.log
+    root, _ = project
+    assert f"{base}/#/experiments/{experiment_id(root)}/runs" in log.read_text()
+
+
+def test_run_table_shows_every_cell_and_a_screenshot_is_kept(server, project, chromium, tmp_path):
+    base = server.base
+    root, _ = project
+    url = f"{base}/#/experiments/{experiment_id(root)}/runs"
+    done = browse(chromium, url, tmp_path / "profile", "--dump-dom")
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = visible_text(done.stdout)
+    for cell in CELLS:  # the parent runs are named after their cells
+        assert re.search(rf"^\s*{re.escape(cell)}\s*$", text, re.M), f"{cell} not in the rendered table"
+    screenshot = tmp_path / "runs.png"
+    done = browse(chromium, url, tmp_path / "profile", f"--screenshot={screenshot}", "--window-size=1400,900")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert screenshot.stat().st_size > 20_000  # a rendered table, not a blank page
+
+
+def test_filter_by_task_tag(server, project, chromium, tmp_path):
+    from misfit.ui import runs_url, task_filter
+
+    base = server.base
+    root, _ = project
+    url = runs_url(base, experiment_id(root), task_filter("binary"))  # what `misfit ui --task binary` prints
+    done = browse(chromium, url, tmp_path / "profile", "--dump-dom")
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = visible_text(done.stdout)
+    assert re.search(r"^\s*binary-logits-ce\s*$", text, re.M)
+    assert "regression-none-mse-zscore" not in text
+
+
+def test_report_link_opens_the_run(server, project, chromium, tmp_path):
+    from misfit.report import _run_links
+
+    base = server.base
+    root, _ = project
+    entry = json.loads((root / "reports" / "results.json").read_text())["cells"]["binary-logits-ce"]
+    links = re.findall(r"\]\(([^)]+)\)", _run_links(entry, base + "/", experiment_id(root)))
+    assert len(links) == len(entry["runs"]) == 2
+    done = browse(chromium, links[0], tmp_path / "profile", "--dump-dom")
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = visible_text(done.stdout)
+    run_id = links[0].rsplit("/", 1)[1]
+    seed = entry["runs"].index(run_id)
+    assert f"Run {run_id}" in text  # the page title
+    assert f"binary-logits-ce seed={entry['seeds'][seed]}" in text  # the run's name
+
+
+def test_stopping_misfit_ui_stops_the_server(server):
+    stop(server.process, [])  # SIGTERM to misfit ui alone; the server must follow
+    deadline = time.monotonic() + 30
+    while any(alive(group) for group in server.groups) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(group) for group in server.groups)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{server.base}/health", timeout=5)
