@@ -163,18 +163,35 @@ class CellRuns:
             self.open.discard(run_id)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Killed(SystemExit):
+    """SIGTERM or SIGINT arrived; the exit status is 128 + the signal number."""
+
+
 @contextlib.contextmanager
 def killed_on_signal(runs_holder: list) -> Iterator[None]:
-    """On SIGTERM/SIGINT, close the open runs as KILLED before the process ends."""
+    """On SIGTERM/SIGINT, close the open runs as KILLED before the process ends.
+
+    The handler only raises Killed: the runs are closed once it has unwound the code the
+    signal interrupted. Closing them inside the handler stalled when the signal landed
+    in an MLflow write, whose open SQLite transaction the handler's own write then waited
+    for (20 s busy timeout, then the runs ended FAILED or stayed RUNNING).
+    """
 
     def handler(signum, frame):
-        for runs in runs_holder:
-            runs.close_all("KILLED")
-        raise SystemExit(128 + signum)
+        for sig in STOP_SIGNALS:  # a second signal must not interrupt the closing of the runs
+            signal.signal(sig, signal.SIG_IGN)
+        raise Killed(128 + signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield
+    except Killed:
+        for runs in runs_holder:
+            runs.close_all("KILLED")
+        raise
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
