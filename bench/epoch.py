@@ -2,6 +2,7 @@
 
     python bench/epoch.py            # 2 rounds of 4 epochs each way
     python bench/epoch.py --quick    # under a minute; the last line is JSON
+    python bench/epoch.py --vmap     # also the vmap way of batching seeds
 
 One model-epoch = one pass over the 2,000 training images in batches of 32 plus the
 valid metric on the 3,000 valid images, for one seed. The reference is the way the
@@ -110,6 +111,53 @@ def project_epochs(epochs: int, seeds: int) -> list[float]:
     return [(b - a) / seeds for a, b in zip(stamps, stamps[1:])]
 
 
+def vmap_epochs(epochs: int, seeds: int) -> list[float]:
+    """The textbook way to batch seeds: stacked parameters, torch.func.vmap(functional_call)."""
+    import torch
+    from torch import nn
+    from torch.func import functional_call, stack_module_state, vmap
+
+    from misfit.model import CNN
+    from misfit.runtime import keep_freed_memory
+
+    keep_freed_memory()
+    xt, yt, xv, _, _ = load_images()
+    x_train = torch.from_numpy(xt).float().div_(255).sub_(0.5).div_(0.5).unsqueeze(1)
+    y_train = torch.from_numpy(yt)
+    x_valid = torch.from_numpy(xv).float().div_(255).sub_(0.5).div_(0.5).unsqueeze(1)
+    models = []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        models.append(CNN(10, "softmax"))
+    params, _ = stack_module_state(models)
+    params = {name: tensor.detach().clone().requires_grad_() for name, tensor in params.items()}
+    base = CNN(10, "softmax").to("meta")
+
+    def forward(p, x):
+        return functional_call(base, p, (x,))
+
+    per_seed_batch, shared_input = vmap(forward), vmap(forward, in_dims=(0, None))
+    optimizer = torch.optim.AdamW(params.values(), lr=1e-3, fused=True)
+    loss_fn = nn.CrossEntropyLoss()
+    generators = [torch.Generator().manual_seed(seed) for seed in range(seeds)]
+    times = []
+    for _ in range(epochs):
+        started = time.perf_counter()
+        orders = torch.stack([torch.randperm(N_TRAIN, generator=g) for g in generators])
+        for start in range(0, N_TRAIN, 32):
+            rows = orders[:, start : start + 32]
+            out = per_seed_batch(params, x_train[rows])
+            loss = sum(loss_fn(out[s], y_train[rows[s]]) for s in range(seeds))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            for start in range(0, N_VALID, 250):
+                shared_input(params, x_valid[start : start + 250])
+        times.append((time.perf_counter() - started) / seeds)
+    return times
+
+
 def run_worker(kind: str, epochs: int, seeds: int) -> list[float]:
     command = [sys.executable, __file__, "--worker", kind, "--epochs", str(epochs), "--seeds", str(seeds)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
@@ -122,16 +170,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=3, help="seeds batched in the project's run")
-    parser.add_argument("--worker", choices=["reference", "project"], help=argparse.SUPPRESS)
+    parser.add_argument("--vmap", action="store_true",
+                        help="also time seeds batched with torch.func.vmap over stacked parameters")
+    parser.add_argument("--worker", choices=["reference", "project", "vmap"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        times = reference_epochs(args.epochs) if args.worker == "reference" else project_epochs(args.epochs, args.seeds)
-        print(json.dumps(times))
+        workers = {"reference": lambda: reference_epochs(args.epochs),
+                   "project": lambda: project_epochs(args.epochs, args.seeds),
+                   "vmap": lambda: vmap_epochs(args.epochs, args.seeds)}
+        print(json.dumps(workers[args.worker]()))
         return
     rounds, epochs = (1, 3) if args.quick else (args.rounds, args.epochs)
     source = load_images()[-1]
     print(f"data: {source}; {rounds} round(s) of {epochs} epochs each way; project batches {args.seeds} seeds")
-    reference, project = [], []
+    reference, project, vmapped = [], [], []
     for round_no in range(rounds):
         ref = run_worker("reference", epochs, args.seeds)
         ours = run_worker("project", epochs, args.seeds)
@@ -139,10 +191,17 @@ def main() -> None:
               f"project {' '.join(f'{t:.3f}' for t in ours)} s per model-epoch")
         reference += ref[1:]
         project += ours[1:]
+        if args.vmap:
+            batched = run_worker("vmap", epochs, args.seeds)
+            print(f"         vmap over stacked parameters {' '.join(f'{t:.3f}' for t in batched)} s")
+            vmapped += batched[1:]
     ref_s, ours_s = statistics.median(reference), statistics.median(project)
     print(f"reference: {ref_s:.3f} s per model-epoch (median of {len(reference)})")
     print(f"project:   {ours_s:.3f} s per model-epoch (median of {len(project)}, {args.seeds} seeds batched)")
     print(f"ratio reference/project: {ref_s / ours_s:.2f}")
+    if vmapped:
+        print(f"vmap:      {statistics.median(vmapped):.3f} s per model-epoch ({args.seeds} seeds, "
+              f"ratio reference/vmap {ref_s / statistics.median(vmapped):.2f})")
     print(json.dumps({"reference_s": round(ref_s, 4), "project_s": round(ours_s, 4),
                       "ratio": round(ref_s / ours_s, 3), "seeds": args.seeds}))
 

@@ -11,6 +11,8 @@ import fcntl
 import os
 import signal
 import socket
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -166,32 +168,50 @@ class CellRuns:
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class Killed(SystemExit):
-    """SIGTERM or SIGINT arrived; the exit status is 128 + the signal number."""
-
-
 @contextlib.contextmanager
-def killed_on_signal(runs_holder: list) -> Iterator[None]:
-    """On SIGTERM/SIGINT, close the open runs as KILLED before the process ends.
+def killed_on_signal(runs_holder: list, grace: float = 30.0) -> Iterator[None]:
+    """On SIGTERM/SIGINT, close the open runs as KILLED, then end the process (128 + signal).
 
-    The handler only raises Killed: the runs are closed once it has unwound the code the
-    signal interrupted. Closing them inside the handler stalled when the signal landed
-    in an MLflow write, whose open SQLite transaction the handler's own write then waited
-    for (20 s busy timeout, then the runs ended FAILED or stayed RUNNING).
+    The handler only wakes a thread that does the closing. Closing in the handler itself
+    stalled when the signal landed inside an MLflow write: the handler's write waited
+    for the SQLite lock held by the very transaction it had interrupted (20 s busy
+    timeout, then the runs ended FAILED or stayed RUNNING). Raising from the handler
+    instead is not reliable either: a handler that runs inside a weakref callback or a
+    __del__ (SQLAlchemy has both) has its exception swallowed, and training went on.
+    The main thread keeps running, so it finishes its write, and the thread gets the lock.
+    If closing takes longer than `grace` seconds (an unreachable server), the process
+    ends anyway; the runs left RUNNING are found by mark_dead_runs_killed later.
     """
+    received: list[int] = []
+    wake = threading.Event()
+
+    def close_runs() -> None:
+        for runs in runs_holder:
+            runs.close_all("KILLED")
+
+    def close_and_exit() -> None:
+        wake.wait()
+        if not received:  # the block ended normally
+            return
+        closing = threading.Thread(target=close_runs, name="misfit-close-runs", daemon=True)
+        closing.start()
+        closing.join(grace)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + received[0])
 
     def handler(signum, frame):
-        for sig in STOP_SIGNALS:  # a second signal must not interrupt the closing of the runs
-            signal.signal(sig, signal.SIG_IGN)
-        raise Killed(128 + signum)
+        if not received:
+            received.append(signum)
+        wake.set()
 
+    closer = threading.Thread(target=close_and_exit, name="misfit-killed-on-signal", daemon=True)
+    closer.start()
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield
-    except Killed:
-        for runs in runs_holder:
-            runs.close_all("KILLED")
-        raise
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+        wake.set()
+        closer.join()  # returns at once, unless a signal came: then the process ends there

@@ -115,7 +115,7 @@ def train_cell(cell_id: str, root: Path = Path(".")) -> Path:
     seed_digests = {s: config_digest(cell_fields, protocol, identity, s) for s in params.seeds}
     metric = TASKS[cell.task].metric
 
-    from misfit.tracking import CellRuns, Killed, killed_on_signal, mark_dead_runs_killed, open_experiment
+    from misfit.tracking import CellRuns, killed_on_signal, mark_dead_runs_killed, open_experiment
 
     client, experiment_id = open_experiment(root, params.tracking.experiment)
     mark_dead_runs_killed(client, experiment_id)
@@ -145,8 +145,8 @@ def train_cell(cell_id: str, root: Path = Path(".")) -> Path:
             out_dir = write_outputs(root, cell_id, cell, params, runs, outcomes, test_scores,
                                     seed_digests, digest, identity, tags, metric,
                                     time.perf_counter() - started)
-        except BaseException as error:
-            runs.close_all("KILLED" if isinstance(error, Killed) else "FAILED")
+        except BaseException:
+            runs.close_all("FAILED")
             raise
     return out_dir
 
