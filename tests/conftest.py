@@ -6,9 +6,13 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import socket
 import struct
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +128,82 @@ def synthetic_env(tmp_path: Path) -> dict:
     """Environment under which the download stage takes synthetic IDX files."""
     manifest = synthetic_mnist(tmp_path / "mirror")
     return base_env(MNIST_MIRROR=str(tmp_path / "mirror"), MNIST_MANIFEST=str(manifest))
+
+
+def synthetic_project(tmp: Path, cells: list[str], repro: bool = True, **overrides):
+    """A project on synthetic IDX files; `dvc repro` already run when `repro`.
+
+    Returns (project root, environment for its commands, the repro's CompletedProcess or None).
+    """
+    manifest = synthetic_mnist(tmp / "mirror")
+    env = base_env(MNIST_MIRROR=str(tmp / "mirror"), MNIST_MANIFEST=str(manifest))
+    root = make_project(tmp / "project", small_params(cells, **overrides))
+    done = run(["dvc", "repro"], root, env) if repro else None
+    return root, env, done
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_health(base_url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Poll an MLflow server's /health until it answers 200; fail with its log if it dies or stalls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, f"the server exited:\n{log.read_text()}"
+        try:
+            with urllib.request.urlopen(f"{base_url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"no answer from {base_url} in {timeout} s:\n{log.read_text()}"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory):
+    """A real `mlflow server` on a free local port, its schema created before any worker."""
+    directory = tmp_path_factory.mktemp("server")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log = open(directory / "server.log", "w")
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server",
+         "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
+         "--artifacts-destination", str(directory / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        # job execution (GenAI jobs) would start eight more python processes we do not use
+        cwd=directory, env=base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_health(uri, server, directory / "server.log")
+        from mlflow import MlflowClient
+
+        MlflowClient(uri).search_experiments()  # the schema is there and answers
+        yield uri
+    finally:
+        stop_process_group(server)
+        log.close()
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM to the group we started (the server and its uvicorn workers), then SIGKILL."""
+    def group_alive() -> bool:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    if group_alive():
+        os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while group_alive() and time.monotonic() < deadline:
+        process.poll()  # reap the leader, or its zombie keeps the group alive
+        time.sleep(0.2)
+    if group_alive():
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import base_env, make_project, run, small_params, synthetic_mnist
+from conftest import base_env, run, synthetic_project
 
 CELL = "regression-none-mse-zscore"  # an MSE: a float that bit-identity is meaningful for
 OTHER = "binary-logits-ce"  # with CELL, one cell in each study: the report renders every study
@@ -22,11 +22,7 @@ CELLS = [CELL, OTHER]
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("audit")
-    manifest = synthetic_mnist(tmp / "mirror")
-    env = base_env(MNIST_MIRROR=str(tmp / "mirror"), MNIST_MANIFEST=str(manifest))
-    root = make_project(tmp / "project", small_params(CELLS))
-    run(["dvc", "repro"], root, env)
+    root, env, _ = synthetic_project(tmp_path_factory.mktemp("audit"), CELLS)
     return root, env
 
 

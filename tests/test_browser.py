@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -17,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import base_env, make_project, run, small_params, synthetic_mnist
+from conftest import free_port, synthetic_project, wait_for_health
 
 CELLS = ["regression-none-mse-zscore", "binary-logits-ce"]  # one cell in each study
 CHROMIUM = "/usr/bin/chromium"
@@ -46,18 +45,8 @@ def chromium() -> str:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("browser")
-    manifest = synthetic_mnist(tmp / "mirror")
-    env = base_env(MNIST_MIRROR=str(tmp / "mirror"), MNIST_MANIFEST=str(manifest))
-    root = make_project(tmp / "project", small_params(CELLS))
-    run(["dvc", "repro"], root, env)
+    root, env, _ = synthetic_project(tmp_path_factory.mktemp("browser"), CELLS)
     return root, env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def children(pid: int) -> list[int]:
@@ -100,17 +89,7 @@ def server(project, tmp_path_factory):
     server_groups: list[int] = []  # misfit ui starts the server in a process group of its own
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, f"misfit ui exited:\n{log.read_text()}"
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"no answer from {base}:\n{log.read_text()}"
-            time.sleep(0.5)
+        wait_for_health(base, process, log)
         server_groups += children(process.pid)
         assert server_groups, "misfit ui answers, so it has a server child"
         yield SimpleNamespace(base=base, log=log, process=process, groups=server_groups)

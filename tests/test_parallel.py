@@ -9,14 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -30,68 +24,6 @@ CELLS = ["regression-none-mse-zscore", "regression-none-bce-zscore", "binary-sof
          "multiclass-logits-ce"]
 SEEDS = [0, 1]
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def tracking_server(tmp_path_factory):
-    """A real `mlflow server` on a free local port, its schema created before any worker."""
-    directory = tmp_path_factory.mktemp("server")
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    log = open(directory / "server.log", "w")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server",
-         "--backend-store-uri", f"sqlite:///{directory / 'mlflow.db'}",
-         "--artifacts-destination", str(directory / "artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-        # job execution (GenAI jobs) would start eight more python processes we do not use
-        cwd=directory, env=base_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"), stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, (directory / "server.log").read_text()
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "mlflow server did not answer /health in 120 s"
-            time.sleep(0.5)
-        from mlflow import MlflowClient
-
-        MlflowClient(uri).search_experiments()  # the schema is there and answers
-        yield uri
-    finally:
-        stop_process_group(server)
-        log.close()
-
-
-def stop_process_group(process: subprocess.Popen, grace: float = 20) -> None:
-    """SIGTERM to the group we started (the server and its uvicorn workers), then SIGKILL."""
-    def group_alive() -> bool:
-        try:
-            os.killpg(process.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-    if group_alive():
-        os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while group_alive() and time.monotonic() < deadline:
-        process.poll()  # reap the leader, or its zombie keeps the group alive
-        time.sleep(0.2)
-    if group_alive():
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
 
 
 @pytest.fixture(scope="module")

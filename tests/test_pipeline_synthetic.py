@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 import yaml
 
-from conftest import make_project, run, small_params
+from conftest import run, synthetic_project
 
 CELLS = ["regression-none-mse-zscore", "regression-none-bce-zscore", "probability-softmax-ce",
          "binary-softmax-ce", "multiclass-sigmoid-mse", "multilabel-logits-bcelogits"]
@@ -24,14 +24,7 @@ def mlflow_runs(project) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def repro(tmp_path_factory):
-    from conftest import base_env, synthetic_mnist
-
-    tmp = tmp_path_factory.mktemp("synthetic")
-    manifest = synthetic_mnist(tmp / "mirror")
-    env = base_env(MNIST_MIRROR=str(tmp / "mirror"), MNIST_MANIFEST=str(manifest))
-    project = make_project(tmp / "project", small_params(CELLS))
-    first = run(["dvc", "repro"], project, env)
-    return project, env, first
+    return synthetic_project(tmp_path_factory.mktemp("synthetic"), CELLS)
 
 
 def test_every_stage_runs_once_per_cell(repro):

@@ -10,7 +10,6 @@ import hashlib
 import json
 
 from conftest import base_env, make_project, run, small_params, synthetic_mnist
-from test_parallel import tracking_server  # noqa: F401 - a real MLflow server, as a fixture
 
 CELLS = ["regression-none-mse-zscore", "binary-softmax-ce"]
 CACHED = ("data", "models")
