@@ -163,9 +163,11 @@ def wait_for_health(base_url: str, process: subprocess.Popen, log: Path, timeout
         time.sleep(0.5)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tracking_server(tmp_path_factory):
-    """A real `mlflow server` on a free local port, its schema created before any worker."""
+    """A real `mlflow server` on a free local port, its schema created before any worker.
+
+    One per test module: a module that counts the runs in the store must see only its own."""
     directory = tmp_path_factory.mktemp("server")
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
