@@ -268,7 +268,25 @@ def test_new_commit_since_the_run(in_project):
     assert kinds(report) == ["commit"]
     assert report["disagreements"][0]["recorded"] == recorded and report["disagreements"][0]["head"] == head
     assert f"made at commit {recorded[:12]}, HEAD is {head[:12]}" in report["disagreements"][0]["message"]
+    assert "none changed between them" in report["disagreements"][0]["message"]
+    assert report["disagreements"][0]["train_files_changed"] == []
     assert report["reproduce"]["commands"][0] == f"git checkout {recorded}"
+
+
+def test_new_commit_that_changes_the_train_code_names_the_file(in_project):
+    env = base_env()
+    recorded = record(in_project)["tags"]["git_commit"]
+    with (in_project / "stages" / "train.py").open("a") as script:
+        script.write("# a later edit\n")
+    run(["git", "commit", "-q", "-am", "later"], in_project, env)
+    try:
+        report = audit(in_project, CELL)
+    finally:
+        run(["git", "reset", "-q", "--hard", recorded], in_project, env)
+    commit = [d for d in report["disagreements"] if d["kind"] == "commit"][0]
+    assert commit["train_files_changed"] == ["stages/train.py"]
+    assert "the train stage's files changed between them: stages/train.py" in commit["message"]
+    assert "code" in kinds(report)  # and the md5 check says dvc repro would retrain
 
 
 def test_run_made_with_uncommitted_params_is_reproduced_with_its_own_values(in_project):

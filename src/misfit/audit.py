@@ -392,13 +392,32 @@ class Audit:
                 self.disagree("commit", f"the run's commit {commit} is not in this repository "
                               "(fetch it from where the run was made)", recorded=commit, head=head)
             elif head != commit:
+                changed = self.train_files_changed_since(commit)
+                since = ("; of the files the train stage depends on, none changed between them"
+                         if changed == [] else
+                         f"; the train stage's files changed between them: {', '.join(changed)}"
+                         if changed else "")
                 self.disagree("commit", f"the run was made at commit {commit[:12]}, HEAD is "
-                              f"{(head or 'unknown')[:12]}", recorded=commit, head=head)
+                              f"{(head or 'unknown')[:12]}{since}", recorded=commit, head=head,
+                              train_files_changed=changed)
         if tags.get("git_dirty") == "true":
             # a dvc.lock or metrics file that the running `dvc repro` rewrote counts as well
             self.disagree("dirty", "the run was made from a tree with uncommitted changes to tracked files "
                           "(dvc.lock rewritten by the same `dvc repro` counts too): the commit alone may not "
                           "hold its code; the dep md5s say what ran")
+
+    def train_files_changed_since(self, commit: str) -> list[str] | None:
+        """The train stage's file deps that differ between `commit` and HEAD (None: unknown)."""
+        from misfit.provenance import stage_file_deps
+
+        try:
+            paths = stage_file_deps(self.root, "train")
+        except (OSError, KeyError, TypeError, yaml.YAMLError):
+            return None
+        diff = _git(self.root, "diff", "--name-only", commit, "HEAD", "--", *paths)
+        if diff is None or diff.returncode != 0:
+            return None
+        return diff.stdout.split()
 
     def check_params(self, experiment: str | None) -> None:
         from misfit.config import ConfigError, load_params
