@@ -1,6 +1,8 @@
 """Findings under the report's tables: collapse against a constant prediction, Welch's test."""
 from __future__ import annotations
 
+import math
+
 import pytest
 from scipy import stats
 
@@ -10,7 +12,8 @@ from misfit.findings import Baseline, baselines, compare, has_collapsed, task_fi
 def entry(metric: str, tests: list[float | None], error: str | None = None) -> dict:
     finished = [t for t in tests if t is not None]
     mean = sum(finished) / len(finished) if finished else None
-    std = stats.tstd(finished) if len(finished) > 1 else None
+    finite = all(math.isfinite(t) for t in finished)
+    std = (stats.tstd(finished) if finite else math.nan) if len(finished) > 1 else None
     per_seed = {str(i): ({"status": "ok", "test": t} if t is not None else {"status": "failed", "error": error})
                 for i, t in enumerate(tests)}
     return {"metric": metric, "status": "ok" if len(finished) == len(tests) else "failed", "error": error,
@@ -54,6 +57,8 @@ def test_welch_matches_scipy_and_handles_degenerate_cases():
     assert welch_p([0.5], [0.6, 0.7]) is None
     assert welch_p([0.49, 0.49], [0.49, 0.49]) == 1.0
     assert welch_p([0.49, 0.49], [0.51, 0.51]) == 0.0
+    assert welch_p([float("inf"), float("inf")], [1.7, 1.8]) is None
+    assert welch_p([float("nan"), 0.06], [0.05, 0.06]) is None
 
 
 def test_finding_separates_noise_real_differences_collapse_and_failure():

@@ -59,8 +59,9 @@ def has_collapsed(entry: dict, baseline: Baseline) -> bool:
 
 
 def welch_p(a: list[float], b: list[float]) -> float | None:
-    """Two-sided Welch's t-test p-value; None when either side has fewer than two seeds."""
-    if len(a) < 2 or len(b) < 2:
+    """Two-sided Welch's t-test p-value; None when either side has fewer than two seeds or a
+    non-finite value (a diverged seed has no place in a test of means)."""
+    if len(a) < 2 or len(b) < 2 or not all(math.isfinite(x) for x in [*a, *b]):
         return None
     if max(a) == min(a) and max(b) == min(b):  # no spread at all: equal or not, for sure
         return 1.0 if a[0] == b[0] else 0.0
@@ -92,7 +93,7 @@ def format_metric(value: float, metric: str, signed: bool = False) -> str:
 
 def format_p(p: float | None) -> str:
     if p is None:
-        return "too few seeds for a test"
+        return "no test: under two seeds or a non-finite value"
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
