@@ -209,3 +209,27 @@ def stop_process_group(process: subprocess.Popen, grace: float = 20) -> None:
     if group_alive():
         os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def stages_run(output: str) -> list[str]:
+    """The stages a `dvc repro` ran, in order, from its output."""
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def assert_pipeline_current(project: Path, env: dict) -> None:
+    """DVC sees nothing to do: `dvc status` is clean and `dvc repro` runs no stage."""
+    status = run(["dvc", "status"], project, env)
+    assert "Data and pipelines are up to date." in status.stdout, status.stdout
+    again = run(["dvc", "repro"], project, env)
+    assert stages_run(again.stdout) == [], again.stdout
+
+
+@pytest.fixture
+def one_torch_thread():
+    # the thread count changes how reductions are split, hence float rounding: pin it
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -53,13 +53,7 @@ def synthetic_cell_data(task: str, sizes=(96, 64, 64), seed: int = 0) -> CellDat
     return CellData(*splits)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the thread count changes how reductions are split, hence float rounding: pin it
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def without_time(history: list[dict]) -> list[dict]:

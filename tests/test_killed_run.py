@@ -28,7 +28,7 @@ import time
 import psutil
 import pytest
 
-from conftest import base_env, make_project, run, small_params, synthetic_mnist
+from conftest import assert_pipeline_current, base_env, make_project, run, small_params, synthetic_mnist
 
 # one cell per study of src/misfit/study.py, so the report has every section
 CELLS = ["regression-none-mse-zscore", "binary-logits-ce"]
@@ -250,10 +250,7 @@ def test_after_the_rerun_no_run_is_running_and_the_report_points_at_closed_runs(
 
 def test_dvc_has_nothing_left_to_do(story):
     project, env = story["project"], story["env"]
-    status = run(["dvc", "status"], project, env)
-    assert "Data and pipelines are up to date." in status.stdout, status.stdout
-    again = run(["dvc", "repro"], project, env)
-    assert not [line for line in again.stdout.splitlines() if line.startswith("Running stage")], again.stdout
+    assert_pipeline_current(project, env)
     # the crash left no half-written output behind
     assert not [p.name for p in (project / "models").iterdir() if p.name.startswith(".") and p.is_dir()]
 

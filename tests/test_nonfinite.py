@@ -16,7 +16,7 @@ import sqlite3
 import pytest
 import torch
 
-from conftest import base_env, make_project, run, small_params, synthetic_mnist
+from conftest import base_env, make_project, run, small_params, stages_run, synthetic_mnist
 from test_determinism import CPU, assert_same_outcome, cell_config, protocol, synthetic_cell_data, train
 from misfit import training
 from misfit.training import CellTrainer
@@ -24,12 +24,7 @@ from misfit.training import CellTrainer
 NAN, SATURATED = float("nan"), 100.0  # sigmoid(100.0) == 1.0 exactly in float32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def set_bias(params: dict[str, torch.Tensor], value: float) -> None:
@@ -149,7 +144,7 @@ def test_nonfinite_values_reach_records_results_report_and_mlflow(tmp_path, monk
     # the stage outputs are in place: DVC records them and runs only what follows
     run(["dvc", "commit", "-f", f"train@{zscore}", f"train@{sigmoid}"], project, env)
     after = run(["dvc", "repro"], project, env)
-    ran = [line.split("'")[1] for line in after.stdout.splitlines() if line.startswith("Running stage")]
+    ran = stages_run(after.stdout)
     assert sorted(ran) == sorted([f"evaluate@{zscore}", f"evaluate@{sigmoid}", "report"])
 
     records = {c: strict_json((project / "models" / c / "record.json").read_text()) for c in (zscore, sigmoid)}

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import base_env, make_project, run, small_params, synthetic_mnist
+from conftest import assert_pipeline_current, base_env, make_project, run, small_params, synthetic_mnist
 
 # every study of src/misfit/study.py has a cell here, and one cell fails by design (BCE
 # rejects z-scored targets): a failed cell must be counted as carefully as the others
@@ -173,10 +173,7 @@ def test_parallel_results_equal_sequential_results(both_runs):
 
 def test_parallel_workspace_is_consistent(both_runs):
     project, env = both_runs["parallel"], both_runs["parallel_env"]
-    status = run(["dvc", "status"], project, env)
-    assert "Data and pipelines are up to date." in status.stdout, status.stdout
-    again = run(["dvc", "repro"], project, env)
-    assert not [line for line in again.stdout.splitlines() if line.startswith("Running stage")], again.stdout
+    assert_pipeline_current(project, env)
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     assert sorted(lock) == sorted(["download", "split", "label-derive", "report",
                                    *(f"{stage}@{cell}" for stage in ("train", "evaluate") for cell in CELLS)])

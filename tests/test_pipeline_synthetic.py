@@ -7,14 +7,10 @@ import sqlite3
 import pytest
 import yaml
 
-from conftest import run, synthetic_project
+from conftest import run, stages_run, synthetic_project
 
 CELLS = ["regression-none-mse-zscore", "regression-none-bce-zscore", "probability-softmax-ce",
          "binary-softmax-ce", "multiclass-sigmoid-mse", "multilabel-logits-bcelogits"]
-
-
-def stages_run(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 def mlflow_runs(project) -> list[tuple]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from conftest import base_env, make_project, run, small_params, synthetic_mnist
+from conftest import assert_pipeline_current, base_env, make_project, run, small_params, stages_run, synthetic_mnist
 
 CELLS = ["regression-none-mse-zscore", "binary-softmax-ce"]
 CACHED = ("data", "models")
@@ -50,14 +50,7 @@ def test_push_then_clone_and_pull_restores_data_and_models(tmp_path):
         assert digests(clone, top) == original, top
     for cell in CELLS:
         assert (clone / "models" / cell / "seed0.pt").is_file()
-    status = run(["dvc", "status"], clone, env)
-    assert "Data and pipelines are up to date." in status.stdout, status.stdout
-    again = run(["dvc", "repro"], clone, env)
-    assert not [line for line in again.stdout.splitlines() if line.startswith("Running stage")], again.stdout
-
-
-def stages_run(output: str) -> list[str]:
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+    assert_pipeline_current(clone, env)
 
 
 def test_cells_trained_on_two_machines_meet_in_one_report(tmp_path, tracking_server):
