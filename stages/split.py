@@ -8,7 +8,8 @@ from misfit.stage import run_stage
 
 
 def main() -> None:
-    write_split(RAW_DIR, SPLIT_DIR, load_params().data)
+    params = load_params()
+    write_split(RAW_DIR, SPLIT_DIR, params.data, params.draws.subset_seeds)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "src", "bench", ".dvcignore")
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "src", "bench", "reference", ".dvcignore")
 MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -114,6 +114,9 @@ def small_params(cells: list[str], **overrides) -> dict:
     params["data"].update(n_train=200, n_valid=100, n_test=100)
     params["protocol"].update(max_epochs=3, patience=2)
     params["seeds"] = [0, 1]
+    params["draws"] = {"subset_seeds": [1], "seeds": [0]}  # one further draw, one seed on it
+    for cell in params["cells"].values():
+        cell.pop("seeds", None)  # the 24-seed cells train on the study's seeds here
     for dotted, value in overrides.items():
         section, key = dotted.split("__") if "__" in dotted else (dotted, None)
         if key is None:

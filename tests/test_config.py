@@ -235,8 +235,8 @@ def test_duplicate_nested_key_is_refused_not_last_one_wins(tmp_path):
 
 
 TEXT_CASES = [
-    pytest.param(lambda s: s.replace("seeds: [0, 1, 2]", "seeds: [0, 1, 2"),
-                 ["not valid YAML", "flow sequence", f"line {line_of(SOURCE, 'seeds: [0, 1, 2]', 1)}"], id="unclosed-bracket"),
+    pytest.param(lambda s: s.replace("seeds: [0, 1, 2, 3, 4]", "seeds: [0, 1, 2"),
+                 ["not valid YAML", "flow sequence", f"line {line_of(SOURCE, 'seeds: [0, 1, 2, 3, 4]', 1)}"], id="unclosed-bracket"),
     pytest.param(lambda s: s.replace("  batch_size: 32", "batch_size: 32"),
                  ["not valid YAML", "mapping values are not allowed"], id="bad-indentation"),
     pytest.param(lambda s: s.replace("  lr: 0.001 ", "  lr: 0.001: 2 "),

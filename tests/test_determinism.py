@@ -86,7 +86,7 @@ def assert_same_outcome(got, expected, label: str) -> None:
 
 def train(cell_id: str, seeds: list[int], **protocol_overrides):
     cell = cell_config(cell_id)
-    trainer = CellTrainer(cell, protocol(**protocol_overrides), seeds, synthetic_cell_data(cell.task), CPU)
+    trainer = CellTrainer.one_draw(cell, protocol(**protocol_overrides), seeds, synthetic_cell_data(cell.task), CPU)
     return trainer.run()
 
 

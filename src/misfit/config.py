@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from misfit.tasks import TASKS
+from misfit.task_specs import TASKS
 
 Task = Literal["regression", "probability", "binary", "multiclass", "multilabel"]
 Activation = Literal["none", "relu", "sigmoid", "softmax"]
@@ -23,6 +23,8 @@ MNIST_TRAIN_SIZE = 60_000
 MNIST_TEST_SIZE = 10_000
 
 PositiveInt = Annotated[int, Field(gt=0)]
+Seed = Annotated[int, Field(ge=0)]
+Seeds = Annotated[list[Seed], Field(min_length=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 
 
@@ -71,6 +73,8 @@ class CellConfig(_Strict):
     variant: Variant | None  # regression only: zscore or raw
     loss_input: LossInput  # what the loss consumes: the model's output, or raw logits
     outputs: PositiveInt | None = None  # optional; must equal the task's output count
+    seeds: Seeds | None = None  # this cell's own seeds; None: the study's `seeds`
+    draws: bool = False  # also train on the further data draws of `draws`
 
     @model_validator(mode="after")
     def _consistent(self) -> CellConfig:
@@ -85,6 +89,8 @@ class CellConfig(_Strict):
                 "loss_input 'logits' needs the activation that turns logits into "
                 f"predictions (sigmoid or softmax), got {self.activation!r}"
             )
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
         expected = TASKS[self.task].n_outputs
         if self.outputs is not None and self.outputs != expected:
             raise ValueError(
@@ -108,6 +114,23 @@ class CellConfig(_Strict):
         return f"{self.task}-{middle}-{self.loss}{suffix}"
 
 
+class DrawsConfig(_Strict):
+    """Further 5,000-image draws (data.subset_seed values) for the cells marked `draws: true`.
+
+    They measure draw-to-draw variance: a published single run came from another draw.
+    """
+    subset_seeds: list[Seed]  # [] : no further draws
+    seeds: Seeds  # the seeds trained on each further draw (and compared on the main draw)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> DrawsConfig:
+        for name in ("subset_seeds", "seeds"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} must be distinct, got {values}")
+        return self
+
+
 class TrackingConfig(_Strict):
     experiment: Annotated[str, Field(min_length=1)]
     ui_base_url: str | None = None
@@ -116,7 +139,8 @@ class TrackingConfig(_Strict):
 class Params(_Strict):
     data: DataConfig
     protocol: ProtocolConfig
-    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+    seeds: Seeds  # every cell's seeds, unless the cell carries its own
+    draws: DrawsConfig
     tracking: TrackingConfig
     cells: Annotated[dict[str, CellConfig], Field(min_length=1)]
 
@@ -130,7 +154,31 @@ class Params(_Strict):
                     f"cells.{key}: the cell id disagrees with its fields, which "
                     f"make the id {cell.cell_id()!r}"
                 )
+        for key, cell in self.cells.items():
+            seeds = cell.seeds if cell.seeds is not None else self.seeds
+            if cell.draws and not set(self.draws.seeds) <= set(seeds):
+                raise ValueError(f"cells.{key}: draws.seeds {self.draws.seeds} must be among the "
+                                 f"cell's seeds {seeds}, so that the main draw has the same runs "
+                                 "as each further draw")
+        if self.data.subset_seed in self.draws.subset_seeds:
+            raise ValueError(f"draws.subset_seeds must not repeat data.subset_seed "
+                             f"({self.data.subset_seed}), the main draw; got {self.draws.subset_seeds}")
         return self
+
+    def seeds_of(self, cell_id: str) -> list[int]:
+        cell = self.cell(cell_id)
+        return list(cell.seeds) if cell.seeds is not None else list(self.seeds)
+
+    def members_of(self, cell_id: str) -> list[tuple[int, int]]:
+        """(data.subset_seed, seed) of every run of a cell: the main draw's seeds first."""
+        main = [(self.data.subset_seed, seed) for seed in self.seeds_of(cell_id)]
+        if not self.cell(cell_id).draws:
+            return main
+        return main + [(draw, seed) for draw in self.draws.subset_seeds for seed in self.draws.seeds]
+
+    def subset_seeds(self) -> list[int]:
+        """Every draw the data stages prepare: the main one first."""
+        return [self.data.subset_seed, *self.draws.subset_seeds]
 
     def cell(self, cell_id: str) -> CellConfig:
         if cell_id not in self.cells:
@@ -195,7 +243,7 @@ def _describe(path: Path, error: ValidationError) -> str:
 def parse_params(raw: object, source: Path) -> Params:
     if raw is None:
         raise ConfigError(f"{source}: the file is empty; expected the sections data, protocol, seeds, "
-                          "tracking and cells")
+                          "draws, tracking and cells")
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
     try:

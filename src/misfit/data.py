@@ -191,16 +191,34 @@ def split_digest(images: np.ndarray, labels: np.ndarray, indices: np.ndarray) ->
     return digest.hexdigest()
 
 
-def write_split(raw_dir: Path, split_dir: Path, config: DataConfig) -> None:
+DRAWS_DIR = "draws"  # data/split/draws/subset-<k>/: a further draw, laid out like data/split
+
+
+def draw_dir(split_dir: Path, subset_seed: int, main_seed: int) -> Path:
+    """Where the draw with this data.subset_seed lives: split_dir itself for the main one."""
+    return split_dir if subset_seed == main_seed else split_dir / DRAWS_DIR / f"subset-{subset_seed}"
+
+
+def write_split(raw_dir: Path, split_dir: Path, config: DataConfig, further_seeds: list[int] = ()) -> None:
+    """The main draw in split_dir, each further subset seed in its own draw_dir."""
     if not (raw_dir / "manifest.json").is_file():
         raise DataError(f"{raw_dir / 'manifest.json'}: missing; run the download stage first (dvc repro download)")
     raw = read_json(raw_dir / "manifest.json")
     arrays = {name: read_idx(raw_dir / name, tuple(shape)) for name, shape in raw["shapes"].items()}
+    if config.n_test > len(arrays["t10k-labels-idx1-ubyte"]):
+        raise DataError(f"data.n_test = {config.n_test} exceeds the "
+                        f"{len(arrays['t10k-labels-idx1-ubyte'])} test images")
+    with atomic_dir(split_dir) as staging:
+        for subset_seed in (config.subset_seed, *further_seeds):
+            target = draw_dir(staging, subset_seed, config.subset_seed)
+            target.mkdir(parents=True, exist_ok=True)
+            write_draw(arrays, raw, config.model_copy(update={"subset_seed": subset_seed}), target)
+
+
+def write_draw(arrays: dict[str, np.ndarray], raw: dict, config: DataConfig, target: Path) -> None:
     train_images, train_labels = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]
     test_images, test_labels = arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"]
     train_idx, valid_idx = draw_subset(config, len(train_labels))
-    if config.n_test > len(test_labels):
-        raise DataError(f"data.n_test = {config.n_test} exceeds the {len(test_labels)} test images")
     test_idx = np.arange(config.n_test)
     parts = {
         "train": ("train", train_images, train_labels, train_idx),
@@ -208,20 +226,19 @@ def write_split(raw_dir: Path, split_dir: Path, config: DataConfig) -> None:
         "test": ("t10k", test_images, test_labels, test_idx),
     }
     manifest = {"dataset_sha256": raw["dataset_sha256"], "dataset_source": raw["source"],
-                "raw_sha256": raw["sha256"], "splits": {}}
-    with atomic_dir(split_dir) as staging, open(staging / "indices.csv", "w", newline="") as table:
+                "raw_sha256": raw["sha256"], "subset_seed": config.subset_seed, "splits": {}}
+    with open(target / "indices.csv", "w", newline="") as table:
         writer = csv.writer(table)
         writer.writerow(["split", "source_file", "index", "label"])
         for split, (source, images, labels, idx) in parts.items():
-            np.savez(staging / f"{split}.npz", images=images[idx], labels=labels[idx], indices=idx)
+            np.savez(target / f"{split}.npz", images=images[idx], labels=labels[idx], indices=idx)
             writer.writerows((split, f"{source}-images-idx3-ubyte", int(i), int(labels[i])) for i in idx)
             manifest["splits"][split] = {
                 "n": int(len(idx)),
                 "sha256": split_digest(images[idx], labels[idx], idx),
                 "indices_sha256": hashlib.sha256(idx.astype(np.int64).tobytes()).hexdigest(),
             }
-        table.flush()
-        write_json_atomic(staging / "manifest.json", manifest)
+    write_json_atomic(target / "manifest.json", manifest)
 
 
 def read_split_manifest(split_dir: Path) -> dict:
@@ -245,14 +262,18 @@ def target_summary(targets: dict[str, np.ndarray]) -> dict:
 
 
 def write_labels(split_dir: Path, labels_dir: Path) -> None:
-    summary = {}
+    """Targets for every split of every draw, mirroring split_dir's layout."""
+    draws = [Path(".")] + sorted(p.relative_to(split_dir) for p in (split_dir / DRAWS_DIR).glob("subset-*"))
     with atomic_dir(labels_dir) as staging:
-        for split in SPLITS:
-            with np.load(split_dir / f"{split}.npz") as arrays:
-                targets = derive_targets(arrays["labels"])
-            np.savez(staging / f"{split}.npz", **targets)
-            summary[split] = target_summary(targets)
-        write_json_atomic(staging / "summary.json", summary)
+        for draw in draws:
+            (staging / draw).mkdir(parents=True, exist_ok=True)
+            summary = {}
+            for split in SPLITS:
+                with np.load(split_dir / draw / f"{split}.npz") as arrays:
+                    targets = derive_targets(arrays["labels"])
+                np.savez(staging / draw / f"{split}.npz", **targets)
+                summary[split] = target_summary(targets)
+            write_json_atomic(staging / draw / "summary.json", summary)
 
 
 # -- loading for training ------------------------------------------------------------
@@ -282,9 +303,19 @@ class CellData:
     test: Split
 
 
-def load_cell_data(root: Path, params: Params, cell: CellConfig, device: torch.device) -> CellData:
+def load_cell_data(root: Path, params: Params, cell: CellConfig, device: torch.device,
+                   subset_seed: int | None = None) -> CellData:
+    """One draw's three splits (the main draw unless subset_seed names a further one)."""
+    main = params.data.subset_seed
+    subset_seed = main if subset_seed is None else subset_seed
+    split_dir = draw_dir(root / SPLIT_DIR, subset_seed, main)
+    labels_dir = draw_dir(root / LABELS_DIR, subset_seed, main)
+    if not (split_dir / "manifest.json").is_file():
+        raise DataError(f"{split_dir}: no split of data.subset_seed {subset_seed}; "
+                        "run the split and label-derive stages (dvc repro label-derive)")
+
     def split(name: str) -> Split:
-        x = load_images(root / SPLIT_DIR, name, params.protocol).to(device)
-        return Split(x, load_targets(root / LABELS_DIR, name, cell.task).to(device))
+        x = load_images(split_dir, name, params.protocol).to(device)
+        return Split(x, load_targets(labels_dir, name, cell.task).to(device))
 
     return CellData(split("train"), split("valid"), split("test"))

@@ -8,13 +8,10 @@ source did.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from misfit.config import CellConfig
+from misfit.config import CellConfig
 
 
 class RMSELoss(nn.Module):

@@ -26,7 +26,7 @@ def git_state(root: Path) -> dict[str, str]:
     commit = _git(root, "rev-parse", "HEAD")
     # the pipeline rewrites these while it runs; they are outputs, not the code that ran
     status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".",
-                  ":(exclude)dvc.lock", ":(exclude)metrics", ":(exclude)reports")
+                  ":(exclude)dvc.lock", ":(exclude)metrics", ":(exclude)records", ":(exclude)reports")
     return {
         "git_commit": commit or "unknown",
         "git_dirty": "unknown" if status is None else str(bool(status)).lower(),

@@ -13,7 +13,7 @@ from misfit import diagnostics, figures
 from misfit.config import Params, load_params
 from misfit.files import atomic_dir, json_float, read_json, write_json_atomic, write_text_atomic
 from misfit.findings import ALPHA, Baseline, baselines, compare, format_metric, format_p, task_finding
-from misfit.layout import LABELS_DIR, METRICS_DIR, MODELS_DIR, PARAMS_FILE, REPORTS_DIR
+from misfit.layout import LABELS_DIR, METRICS_DIR, PARAMS_FILE, RECORDS_DIR, REPORTS_DIR
 from misfit.study import ADDED, PUBLISHED, RECOMMENDED, STUDIES, STUDY_TITLES, TASK_ORDER, recommended_in
 
 FIGURES = "figures"
@@ -25,38 +25,49 @@ DOUBLE_SOFTMAX_PAIRS = (("binary-softmax-ce", "binary-logits-ce"),
 
 # -- data ----------------------------------------------------------------------------
 
+def read_record(root: Path, cell_id: str) -> dict:
+    path = root / RECORDS_DIR / f"{cell_id}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; run train@{cell_id} first (dvc repro)")
+    return read_json(path)
+
+
 def collect_results(root: Path, params: Params) -> dict:
-    """results.json: one entry per cell of params.yaml, from its metrics file."""
+    """results.json: one entry per cell of params.yaml, from its record and metrics file."""
     cells = {}
     for cell_id in params.cells:
-        path = root / METRICS_DIR / f"{cell_id}.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: missing; run evaluate@{cell_id} first (dvc repro)")
-        metrics = read_json(path)
-        seeds = metrics["seeds"]
+        record = read_record(root, cell_id)
+        metrics = read_json(root / METRICS_DIR / f"{cell_id}.json")
+        main = [r for r in record["runs"] if r["subset_seed"] == params.data.subset_seed]
+        failed = [r for r in main if r["status"] != "ok"]
         cells[cell_id] = {
-            "task": metrics["task"], "metric": metrics["metric"], "status": metrics["status"],
-            "error": metrics.get("error"), "seeds": [int(s) for s in seeds],
+            "task": record["task"], "metric": record["metric"], "status": "failed" if failed else "ok",
+            "error": "; ".join(f"seed {r['seed']}: {r['error']}" for r in failed) or None,
+            "seeds": [r["seed"] for r in main],
             **{key: _stat(metrics[key]) for key in ("valid_best", "test", "best_epoch")},
-            "runs": [entry["run_id"] for entry in seeds.values()],
-            "parent_run": metrics["parent_run_id"], "cell_digest": metrics["cell_digest"],
-            "per_seed": seeds, "all_match_record": metrics["all_match_record"],
+            "runs": [r["run_id"] for r in main],
+            "parent_run": record["parent_run_id"], "cell_digest": record["cell_digest"],
+            "per_seed": {str(r["seed"]): {k: r[k] for k in ("run_id", "config_digest", "status", "error",
+                                                            "best_epoch", "valid_best", "test")}
+                         for r in main},
+            "all_match_record": metrics["mismatches"] == 0,
         }
     return {"cells": cells}
 
 
 def _stat(summary: dict) -> dict:
     """A metrics-file summary with its absent fields as null, as results.json has them."""
-    return {"mean": summary.get("mean"), "std": summary.get("std"), "n": summary["n"]}
+    return {"mean": summary.get("mean"), "std": summary.get("sd"), "n": summary["n"]}
 
 
 def load_histories(root: Path, cells) -> dict[str, dict]:
-    """Per cell: the seeds' per-epoch histories and best epochs, from models/<cell>/record.json."""
+    """Per cell: the main draw's per-epoch histories and best epochs, from records/<cell>.json."""
     loaded = {}
     for cell_id in cells:
-        record = read_json(root / MODELS_DIR / cell_id / "record.json")
-        loaded[cell_id] = {"histories": [run["history"] for run in record["runs"]],
-                           "best_epochs": [run["best_epoch"] for run in record["runs"]]}
+        record = read_record(root, cell_id)
+        main = [r for r in record["runs"] if r["subset_seed"] == record["data"]["config"]["subset_seed"]]
+        loaded[cell_id] = {"histories": [run["history"] for run in main],
+                           "best_epochs": [run["best_epoch"] for run in main]}
     return loaded
 
 

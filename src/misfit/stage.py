@@ -6,12 +6,13 @@ from typing import Callable
 
 from misfit.config import ConfigError
 from misfit.data import DataError
+from misfit.tracking import TrackingStoreError
 
 
 def run_stage(main: Callable, *args) -> int:
     try:
         main(*args)
-    except (ConfigError, DataError) as error:
+    except (ConfigError, DataError, TrackingStoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

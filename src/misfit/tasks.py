@@ -6,15 +6,12 @@ in the task's own units, that its metric is computed on.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from misfit.config import CellConfig
+from misfit.config import CellConfig
+from misfit.task_specs import TASKS
 
 # stroke count per digit (lines after cutting at bends and crossings, plus holes)
 STROKES = {0: 2, 1: 1, 2: 2, 3: 2, 4: 6, 5: 3, 6: 3, 7: 2, 8: 4, 9: 3}
@@ -23,30 +20,6 @@ EVEN = frozenset({0, 2, 4, 6, 8})
 PRIME = frozenset({2, 3, 5, 7})
 SQUARE = frozenset({0, 1, 4, 9})
 MULTILABEL_GROUPS = (("even", EVEN), ("prime", PRIME), ("curved", CURVED), ("square", SQUARE))
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    name: str
-    n_outputs: int
-    metric: str  # "accuracy" or "mse"
-
-    @property
-    def higher_is_better(self) -> bool:
-        return self.metric == "accuracy"
-
-    @property
-    def is_classification(self) -> bool:
-        return self.name != "regression"
-
-
-TASKS = {
-    "regression": TaskSpec("regression", 1, "mse"),
-    "probability": TaskSpec("probability", 1, "accuracy"),
-    "binary": TaskSpec("binary", 2, "accuracy"),
-    "multiclass": TaskSpec("multiclass", 10, "accuracy"),
-    "multilabel": TaskSpec("multilabel", 4, "accuracy"),
-}
 
 
 def _member(digits: np.ndarray, group: frozenset) -> np.ndarray:
@@ -147,17 +120,41 @@ class CellTargets:
         if self.cell.task == "regression":
             pred = self.predict(output).double()
             finite = torch.where(torch.isfinite(pred), pred, torch.nan)
-            return {
+            found = {
                 "diag_pred_std": _nanstd(finite),
                 "diag_pred_mean": finite.nanmean(dim=-1),
                 "diag_target_std": y.double().std().expand(out.shape[:-2]),
             }
+            if self.cell.activation == "relu":  # a ReLU output of 0 passes no gradient back
+                found["diag_live_share"] = (out[..., 0] > 0).double().mean(dim=-1)
+            return found
         saturated = ((out < 0.01) | (out > 0.99)).double().mean(dim=(-2, -1))
+        top_prediction, top_share = self._most_frequent_prediction(output)
         return {
             "diag_prob_sum": out.sum(dim=-1).mean(dim=-1),
             "diag_saturated_share": saturated,
             "diag_entropy": self._entropy(out).mean(dim=-1),
+            "diag_top_prediction": top_prediction,
+            "diag_top_share": top_share,
         }
+
+    def _most_frequent_prediction(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prediction made most often and its share, per leading index: a share of 1 is
+        a constant model. A multilabel prediction is coded as the number its bits spell
+        (output i is bit i); an unbounded output predicts what round() gives, -1 or 2 say."""
+        pred = self.predict(output).double()
+        if self.cell.task == "multilabel":
+            pred = (pred * 2.0 ** torch.arange(pred.shape[-1], dtype=torch.float64, device=pred.device)).sum(dim=-1)
+        rows = pred.reshape(-1, pred.shape[-1])
+        values, shares = [], []
+        for row in rows:
+            unique, counts = torch.unique(row, return_counts=True)
+            top = int(counts.argmax())
+            values.append(float(unique[top]))
+            shares.append(float(counts[top]) / len(row))
+        shape = pred.shape[:-1]
+        return (torch.tensor(values, dtype=torch.float64, device=pred.device).reshape(shape),
+                torch.tensor(shares, dtype=torch.float64, device=pred.device).reshape(shape))
 
     def _entropy(self, out: torch.Tensor) -> torch.Tensor:
         # exclusive classes: entropy of the distribution the outputs imply; independent

@@ -18,8 +18,16 @@ from pathlib import Path
 from typing import Iterator
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # these machines have no internet
+# MLflow's defaults retry an unanswered request 7 times with backoff (minutes of silence);
+# a server that goes away mid-run should end the stage within seconds, not minutes
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 STORE_DIR = "mlruns"
+TIMEOUT_ENV = "MISFIT_TRACKING_TIMEOUT"  # seconds the pre-flight check waits for a server
+DEFAULT_TIMEOUT = 5.0
+SQLITE_HEADER = b"SQLite format 3\x00"
+MLFLOW_TABLES = {"experiments", "runs", "alembic_version"}
 HOST_TAG, PID_TAG = "misfit.host", "misfit.pid"
 
 
@@ -28,6 +36,69 @@ def tracking_uri(root: Path) -> str:
     if explicit:
         return explicit
     return f"sqlite:///{(root / STORE_DIR / 'mlflow.db').resolve()}"
+
+
+class TrackingStoreError(RuntimeError):
+    """The tracking store cannot be used; the message names the URI or file and what was expected."""
+
+
+def check_timeout() -> float:
+    text = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT))
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise TrackingStoreError(f"{TIMEOUT_ENV}={text!r}: expected a positive number of seconds")
+    return value
+
+
+def check_store(uri: str, timeout: float) -> None:
+    """Fail in seconds, before anything is trained or written, if the store is unusable."""
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri, timeout)
+    elif uri.startswith("sqlite:///"):
+        _check_sqlite(Path(uri.removeprefix("sqlite:///")))
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    import urllib.error
+    import urllib.request
+
+    health = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(health, timeout=timeout) as answer:
+            body = answer.read(64)
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise TrackingStoreError(
+            f"MLFLOW_TRACKING_URI={uri}: no MLflow tracking server answered {health} within "
+            f"{timeout:g} s ({reason}). Start `mlflow server` there, or unset MLFLOW_TRACKING_URI "
+            f"to use the local store {STORE_DIR}/mlflow.db ({TIMEOUT_ENV} sets the wait)") from None
+    if body.strip() != b"OK":
+        raise TrackingStoreError(f"MLFLOW_TRACKING_URI={uri}: {health} answered {body[:40]!r}, "
+                                 "expected 'OK' from an MLflow tracking server")
+
+
+def _check_sqlite(path: Path) -> None:
+    import sqlite3
+
+    if not path.exists() or path.stat().st_size == 0:
+        return  # MLflow creates the store
+    with open(path, "rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    hint = (f"move it away (a new store is made on the next run) or point MLFLOW_TRACKING_URI "
+            "at an MLflow store")
+    if header != SQLITE_HEADER:
+        raise TrackingStoreError(f"{path}: not an SQLite database, so not an MLflow tracking store; {hint}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+            tables = {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
+    except sqlite3.Error as error:
+        raise TrackingStoreError(f"{path}: cannot read it as an SQLite database ({error}); {hint}") from None
+    if tables and not MLFLOW_TABLES <= tables:
+        raise TrackingStoreError(f"{path}: an SQLite database without MLflow's tables "
+                                 f"(missing {sorted(MLFLOW_TABLES - tables)}); {hint}")
 
 
 @contextlib.contextmanager
@@ -102,64 +173,84 @@ def _stringify(params: dict) -> list:
 
 
 class CellRuns:
-    """The MLflow records of one train stage of one cell."""
+    """The MLflow records of one train stage of one cell: a parent run and a child per run.
 
-    def __init__(self, client, experiment_id: str, cell_id: str, seeds: list[int],
-                 tags: dict[str, str], params: dict, seed_tags: dict[int, dict[str, str]]):
+    Children are keyed by whatever the caller uses to name a run (here a Member); `None`
+    is the parent. Per-epoch metrics are logged asynchronously: MLflow writes them from its
+    own thread while training goes on, and `close` waits for them.
+    """
+
+    def __init__(self, client, experiment_id: str, cell_id: str, children: dict,
+                 tags: dict[str, str], params: dict):
+        """children: {key: (run name, its own tags, its own params)}."""
         self.client = client
         process = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
         parent = client.create_run(experiment_id, run_name=cell_id,
                                    tags={**tags, **process, "misfit.level": "cell"})
         self.parent_id = parent.info.run_id
-        client.log_batch(self.parent_id, params=_stringify({**params, "seeds": seeds}))
-        self.child_ids: dict[int, str] = {}
-        for seed in seeds:
+        client.log_batch(self.parent_id, params=_stringify(params))
+        self.child_ids: dict = {}
+        for key, (name, own_tags, own_params) in children.items():
             child = client.create_run(
-                experiment_id, run_name=f"{cell_id} seed={seed}",
-                tags={**tags, **seed_tags[seed], **process, "misfit.level": "seed",
+                experiment_id, run_name=name,
+                tags={**tags, **own_tags, **process, "misfit.level": "seed",
                       "mlflow.parentRunId": self.parent_id},
             )
-            self.child_ids[seed] = child.info.run_id
-            client.log_batch(child.info.run_id, params=_stringify({**params, "seed": seed}))
+            self.child_ids[key] = child.info.run_id
+            client.log_batch(child.info.run_id, params=_stringify({**params, **own_params}))
         self.open = {self.parent_id, *self.child_ids.values()}
+        self.pending: list = []
 
-    def log_inputs(self, datasets: list[tuple[object, dict[str, str]]]) -> None:
-        """Datasets (an mlflow Dataset, its input tags) on every seed's run."""
+    def run_id(self, key) -> str:
+        return self.parent_id if key is None else self.child_ids[key]
+
+    def log_inputs(self, key, datasets: list[tuple[object, dict[str, str]]]) -> None:
+        """Datasets (an mlflow Dataset, its input tags) on one child's run."""
         from mlflow.entities import DatasetInput, InputTag
 
         inputs = [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(k, v) for k, v in tags.items()])
                   for dataset, tags in datasets]
-        for run_id in self.child_ids.values():
-            self.client.log_inputs(run_id, datasets=inputs)
+        self.client.log_inputs(self.run_id(key), datasets=inputs)
 
-    def log_metrics(self, seed: int | None, values: dict[str, float], step: int = 0) -> None:
+    def log_metrics(self, key, values: dict[str, float], step: int = 0, wait: bool = True) -> None:
         from mlflow.entities import Metric
 
-        run_id = self.parent_id if seed is None else self.child_ids[seed]
         now = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), now, step) for key, value in values.items()
+        metrics = [Metric(name, float(value), now, step) for name, value in values.items()
                    if isinstance(value, (int, float)) and not isinstance(value, bool)]
-        self.client.log_batch(run_id, metrics=metrics)
+        if wait:
+            self.client.log_batch(self.run_id(key), metrics=metrics)
+        else:
+            self.pending.append(self.client.log_batch(self.run_id(key), metrics=metrics, synchronous=False))
 
-    def log_text(self, seed: int | None, text: str, name: str) -> None:
-        self.client.log_text(self.parent_id if seed is None else self.child_ids[seed], text, name)
+    def log_text(self, key, text: str, name: str) -> None:
+        self.client.log_text(self.run_id(key), text, name)
 
-    def log_file(self, seed: int | None, path: Path) -> None:
-        self.client.log_artifact(self.parent_id if seed is None else self.child_ids[seed], str(path))
+    def log_file(self, key, path: Path) -> None:
+        self.client.log_artifact(self.run_id(key), str(path))
 
-    def set_tags(self, seed: int | None, tags: dict[str, str]) -> None:
+    def set_tags(self, key, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        run_id = self.parent_id if seed is None else self.child_ids[seed]
-        self.client.log_batch(run_id, tags=[RunTag(k, str(v)[:8000]) for k, v in tags.items()])
+        self.client.log_batch(self.run_id(key), tags=[RunTag(k, str(v)[:8000]) for k, v in tags.items()])
 
-    def close(self, seed: int | None, status: str) -> None:
-        run_id = self.parent_id if seed is None else self.child_ids[seed]
+    def wait_for_metrics(self) -> None:
+        pending, self.pending = self.pending, []
+        for operations in pending:
+            operations.wait()
+
+    def close(self, key, status: str) -> None:
+        run_id = self.run_id(key)
         if run_id in self.open:
+            self.wait_for_metrics()
             self.client.set_terminated(run_id, status=status)
             self.open.discard(run_id)
 
     def close_all(self, status: str) -> None:
+        try:
+            self.wait_for_metrics()
+        except Exception:  # closing must not stop at a failed write: the runs are ending anyway
+            pass
         for run_id in list(self.open):
             self.client.set_terminated(run_id, status=status)
             self.open.discard(run_id)

@@ -1,8 +1,12 @@
-"""The train stage of one cell: data in, seeds trained, MLflow runs and models/<cell> out.
+"""The train stage of one cell: data in; its runs trained, scored and recorded.
 
-models/<cell>/ holds each seed's best checkpoint and record.json (every epoch of every
-seed, the run ids, the digests). It names the MLflow runs that produced it, so a copy
-that DVC restores from its run-cache still points at the right runs.
+Outputs, all written only if the whole stage succeeds:
+- models/<cell>/: each run's best checkpoint (DVC-cached, not in git);
+- records/<cell>.json: every epoch of every run, the MLflow run ids, the digests and the
+  re-scoring of each checkpoint (in git: the audit, the figures and the report read it);
+- metrics/<cell>.json: the numbers, for `dvc metrics show` (in git).
+Every run is also an MLflow child run of the cell's parent run. The record names those
+runs, so a copy that DVC restores from its run-cache still points at the right runs.
 """
 from __future__ import annotations
 
@@ -14,18 +18,20 @@ from pathlib import Path
 import torch
 
 from misfit.config import CellConfig, Params, load_params
-from misfit.data import CellData, load_cell_data, read_split_manifest
-from misfit.layout import MODELS_DIR, PARAMS_FILE, SPLIT_DIR
+from misfit.data import CellData, draw_dir, load_cell_data, read_split_manifest
+from misfit.evaluate import agrees, cell_metrics, load_reference, score_checkpoint
 from misfit.files import atomic_dir, write_json_atomic
+from misfit.layout import METRICS_DIR, MODELS_DIR, PARAMS_FILE, RECORDS_DIR, SPLIT_DIR
 from misfit.model import model_summary
 from misfit.provenance import (
     cell_digest, config_digest, data_identity, git_state, md5_of_files, stage_file_deps, versions,
 )
 from misfit.runtime import configure
 from misfit.study import recommended_in, studies_of
-from misfit.tasks import TASKS, CellTargets
-from misfit.training import CellTrainer, SeedOutcome, test_outputs
-
+from misfit.task_specs import TASKS
+from misfit.tasks import CellTargets
+from misfit.tracking import check_store, check_timeout, tracking_uri
+from misfit.training import CellTrainer, Member, SeedOutcome
 
 
 def run_tags(cell_id: str, cell: CellConfig, root: Path, device: torch.device, digest: str) -> dict[str, str]:
@@ -51,7 +57,19 @@ def flat_params(cell: CellConfig, params: Params) -> dict:
     return resolved
 
 
-def mlflow_datasets(root: Path, manifest: dict, data: CellData) -> list[tuple[object, dict[str, str]]]:
+def run_name(cell_id: str, member: Member, main_subset_seed: int) -> str:
+    if member.subset_seed == main_subset_seed:
+        return f"{cell_id} seed={member.seed}"
+    return f"{cell_id} draw={member.subset_seed} seed={member.seed}"
+
+
+def checkpoint_name(member: Member, main_subset_seed: int) -> str:
+    if member.subset_seed == main_subset_seed:
+        return f"seed{member.seed}.pt"
+    return f"subset{member.subset_seed}-seed{member.seed}.pt"
+
+
+def mlflow_datasets(split_dir: Path, manifest: dict, data: CellData) -> list[tuple[object, dict[str, str]]]:
     """The three splits as MLflow datasets identified by our own SHA-256.
 
     MLflow's automatic digest hashes only the first values of an array; ours covers
@@ -67,136 +85,179 @@ def mlflow_datasets(root: Path, manifest: dict, data: CellData) -> list[tuple[ob
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_numpy(
                 split.x.cpu().numpy(), targets=split.y.cpu().numpy(),
-                source=str((root / SPLIT_DIR / f"{name}.npz").resolve()),
+                source=str((split_dir / f"{name}.npz").resolve()),
                 name=f"mnist-{name}", digest=sha[:36],
             )
-        datasets.append((dataset, {"mlflow.data.context": name, "sha256": sha, "n": str(len(split.x))}))
+        datasets.append((dataset, {"mlflow.data.context": name, "sha256": sha, "n": str(len(split.x)),
+                                   "subset_seed": str(manifest.get("subset_seed", "-"))}))
     return datasets
 
 
 def progress_line(cell_id: str, epoch: int, outcomes: list[SeedOutcome]) -> str:
-    parts = []
-    for outcome in outcomes:
-        if not outcome.history:
-            parts.append(f"seed {outcome.seed}: {outcome.status}")
-            continue
-        last = outcome.history[-1]
-        mark = "*" if last["improved"] else " "
-        parts.append(f"seed {outcome.seed}: loss {last['train_loss']:.4g} valid {last['valid_metric']:.4f}{mark}")
-    return f"{cell_id} epoch {epoch:3d} | " + " | ".join(parts)
+    """One line per epoch: how many runs go on and improved, the loss range, and by name
+    every run whose loss or valid metric is not finite."""
+    running = [o for o in outcomes if o.history and o.history[-1]["epoch"] == epoch]
+    if epoch == 0 or not running:
+        return f"{cell_id} epoch {epoch:3d} | {len(outcomes)} run(s)"
+    improved = sum(o.history[-1]["improved"] for o in running)
+    losses = [o.history[-1]["train_loss"] for o in running]
+    finite = [v for v in losses if math.isfinite(v)]
+    span = f"train loss {min(finite):.4g}..{max(finite):.4g}" if finite else "no finite train loss"
+    line = f"{cell_id} epoch {epoch:3d} | {len(running)} running, {improved} improved | {span}"
+    for o in running:
+        last = o.history[-1]
+        if not (math.isfinite(last["train_loss"]) and math.isfinite(last["valid_metric"])):
+            draw = f"draw {o.subset_seed} " if o.subset_seed != outcomes[0].subset_seed else ""
+            line += f" | {draw}seed {o.seed}: loss {last['train_loss']:.4g} valid {last['valid_metric']:.4g}"
+    return line
 
 
-def score_on_test(trainer: CellTrainer, outcomes: list[SeedOutcome], device, chunk: int) -> dict[int, float]:
-    finished = [o for o in outcomes if o.status == "ok"]
-    if not finished:
-        return {}
-    outputs = test_outputs(trainer.cell, [o.best_state for o in finished], trainer.data.test.x, device, chunk)
-    targets: CellTargets = trainer.targets
-    scores = targets.per_sample_score(outputs, trainer.data.test.y).mean(dim=-1).tolist()
-    nonfinite = (~torch.isfinite(targets.predict(outputs).double())).sum(dim=-1).tolist()
-    metric = targets.spec.metric
-    for outcome, score, bad in zip(finished, scores, nonfinite):
-        if not math.isfinite(score):
-            outcome.fail(f"the test {metric} of the best checkpoint is {score}: {bad} of "
-                         f"{outputs.shape[1]} predictions are not finite")
-    return {o.seed: s for o, s in zip(finished, scores)}
+class CellStage:
+    """What one train stage knows: the cell, its runs, their data and identities."""
+
+    def __init__(self, cell_id: str, root: Path):
+        self.cell_id, self.root = cell_id, root
+        self.params = load_params(root / PARAMS_FILE)
+        self.cell = self.params.cell(cell_id)
+        check_store(tracking_uri(root), check_timeout())  # before anything is trained or written
+        self.device = configure(self.params.protocol)
+        self.main = self.params.data.subset_seed
+        self.members = [Member(d, s) for d, s in self.params.members_of(cell_id)]
+        self.subset_seeds = list(dict.fromkeys(m.subset_seed for m in self.members))
+        self.split_dirs = {d: draw_dir(root / SPLIT_DIR, d, self.main) for d in self.subset_seeds}
+        self.draws = {d: load_cell_data(root, self.params, self.cell, self.device, d) for d in self.subset_seeds}
+        self.manifests = {d: read_split_manifest(self.split_dirs[d]) for d in self.subset_seeds}
+        data_config = self.params.data.model_dump()
+        self.identities = {d: data_identity(self.manifests[d], {**data_config, "subset_seed": d})
+                           for d in self.subset_seeds}
+        cell_fields, protocol = self.cell.model_dump(), self.params.protocol.model_dump()
+        self.digest = cell_digest(cell_fields, protocol, {str(d): i for d, i in self.identities.items()})
+        self.run_digests = {m: config_digest(cell_fields, protocol, self.identities[m.subset_seed], m.seed)
+                            for m in self.members}
+        self.metric = TASKS[self.cell.task].metric
+
+    def open_runs(self, tags: dict[str, str]):
+        from misfit.tracking import CellRuns, mark_dead_runs_killed, open_experiment
+
+        client, experiment_id = open_experiment(self.root, self.params.tracking.experiment)
+        mark_dead_runs_killed(client, experiment_id)
+        children = {
+            m: (run_name(self.cell_id, m, self.main),
+                {"seed": str(m.seed), "subset_seed": str(m.subset_seed), "config_digest": self.run_digests[m]},
+                {"seed": m.seed, "data.subset_seed": m.subset_seed})
+            for m in self.members
+        }
+        params = {**flat_params(self.cell, self.params), "seeds": self.params.seeds_of(self.cell_id),
+                  "draws.subset_seeds": self.subset_seeds[1:]}
+        return CellRuns(client, experiment_id, self.cell_id, children, tags, params)
 
 
 def train_cell(cell_id: str, root: Path = Path(".")) -> Path:
     started = time.perf_counter()
-    params = load_params(root / PARAMS_FILE)
-    cell = params.cell(cell_id)
-    device = configure(params.protocol)
-    data = load_cell_data(root, params, cell, device)
-    manifest = read_split_manifest(root / SPLIT_DIR)
-    identity = data_identity(manifest, params.data.model_dump())
-    cell_fields, protocol = cell.model_dump(), params.protocol.model_dump()
-    digest = cell_digest(cell_fields, protocol, identity)
-    seed_digests = {s: config_digest(cell_fields, protocol, identity, s) for s in params.seeds}
-    metric = TASKS[cell.task].metric
+    stage = CellStage(cell_id, root)
+    tags = {**run_tags(cell_id, stage.cell, root, stage.device, stage.digest),
+            "data_sha256": stage.manifests[stage.main]["dataset_sha256"]}
+    runs = stage.open_runs(tags)
+    print(f"{cell_id}: {len(stage.members)} run(s) on {stage.device}, parent run {runs.parent_id}", flush=True)
 
-    from misfit.tracking import CellRuns, killed_on_signal, mark_dead_runs_killed, open_experiment
+    from misfit.tracking import killed_on_signal
 
-    client, experiment_id = open_experiment(root, params.tracking.experiment)
-    mark_dead_runs_killed(client, experiment_id)
-    tags = {**run_tags(cell_id, cell, root, device, digest), "data_sha256": manifest["dataset_sha256"]}
-    runs = CellRuns(client, experiment_id, cell_id, params.seeds, tags, flat_params(cell, params),
-                    {s: {"seed": str(s), "config_digest": d} for s, d in seed_digests.items()})
-    print(f"{cell_id}: {len(params.seeds)} seed(s) on {device}, parent run {runs.parent_id}", flush=True)
     with killed_on_signal([runs]):
         try:
-            summary = model_summary(cell.n_outputs, cell.model_activation)
-            runs.log_text(None, summary, "model_summary.txt")
-            for seed in params.seeds:
-                runs.log_text(seed, summary, "model_summary.txt")
-            runs.log_inputs(mlflow_datasets(root, manifest, data))
-            trainer = CellTrainer(cell, params.protocol, params.seeds, data, device)
-
-            def on_epoch(epoch: int, outcomes: list[SeedOutcome]) -> None:
-                print(progress_line(cell_id, epoch, outcomes), flush=True)
-                for outcome in outcomes:
-                    if outcome.history and outcome.history[-1]["epoch"] == epoch:
-                        record = dict(outcome.history[-1])
-                        record[f"valid_{metric}"] = record.pop("valid_metric")
-                        runs.log_metrics(outcome.seed, record, step=epoch)
-
-            outcomes = trainer.run(on_epoch)
-            test_scores = score_on_test(trainer, outcomes, device, params.protocol.eval_batch_size)
-            out_dir = write_outputs(root, cell_id, cell, params, runs, outcomes, test_scores,
-                                    seed_digests, digest, identity, tags, metric,
-                                    time.perf_counter() - started)
+            log_run_inputs(stage, runs)
+            trainer = CellTrainer(stage.cell, stage.params.protocol, stage.members, stage.draws, stage.device)
+            outcomes = trainer.run(lambda epoch, outcomes: log_epoch(stage, runs, epoch, outcomes))
+            return write_outputs(stage, runs, outcomes, tags, started)
         except BaseException:
             runs.close_all("FAILED")
             raise
-    return out_dir
 
 
-def write_outputs(root, cell_id, cell, params, runs, outcomes, test_scores, seed_digests, digest,
-                  identity, tags, metric, seconds) -> Path:
+def log_run_inputs(stage: CellStage, runs) -> None:
+    summary = model_summary(stage.cell.n_outputs, stage.cell.model_activation)
+    runs.log_text(None, summary, "model_summary.txt")
+    datasets = {d: mlflow_datasets(stage.split_dirs[d], stage.manifests[d], stage.draws[d])
+                for d in stage.subset_seeds}
+    for member in stage.members:
+        runs.log_text(member, summary, "model_summary.txt")
+        runs.log_inputs(member, datasets[member.subset_seed])
+
+
+def log_epoch(stage: CellStage, runs, epoch: int, outcomes: list[SeedOutcome]) -> None:
+    print(progress_line(stage.cell_id, epoch, outcomes), flush=True)
+    for outcome in outcomes:
+        member = Member(outcome.subset_seed, outcome.seed)
+        record = outcome.initial if epoch == 0 else (outcome.history or [{}])[-1]
+        if record.get("epoch") != epoch:
+            continue
+        values = dict(record)
+        values[f"valid_{stage.metric}"] = values.pop("valid_metric")
+        runs.log_metrics(member, values, step=epoch, wait=False)
+
+
+def rescore(stage: CellStage, outcome: SeedOutcome, checkpoint: Path) -> dict:
+    """Test score and re-checked valid score of a saved checkpoint, with the reference model."""
+    model = load_reference(stage.cell, checkpoint, stage.device)
+    data, chunk = stage.draws[outcome.subset_seed], stage.params.protocol.eval_batch_size
+    targets = CellTargets(stage.cell, data.train.y)
+    valid = score_checkpoint(model, targets, data.valid, chunk)
+    test = score_checkpoint(model, targets, data.test, chunk)
+    if outcome.status == "ok" and not math.isfinite(test):
+        outcome.fail(f"the test {stage.metric} of the best checkpoint is {test}: "
+                     "some of its predictions are not finite")
+    return {"valid_best": valid, "test": test, "matches_record": agrees(outcome.best_valid, valid)}
+
+
+def write_outputs(stage: CellStage, runs, outcomes: list[SeedOutcome], tags: dict, started: float) -> Path:
+    root, cell_id, metric = stage.root, stage.cell_id, stage.metric
     out_dir = root / MODELS_DIR / cell_id
-    seed_records = []
+    records = []
     with atomic_dir(out_dir) as staging:
         for outcome in outcomes:
-            checkpoint = None
+            member = Member(outcome.subset_seed, outcome.seed)
+            checkpoint, evaluated = None, {"valid_best": None, "test": None, "matches_record": None}
             if outcome.best_state is not None:
-                checkpoint = f"seed{outcome.seed}.pt"
+                checkpoint = checkpoint_name(member, stage.main)
                 torch.save(outcome.best_state, staging / checkpoint)
-                runs.log_file(outcome.seed, staging / checkpoint)
+                evaluated = rescore(stage, outcome, staging / checkpoint)
+                runs.log_file(member, staging / checkpoint)
             record = {
-                "seed": outcome.seed, "run_id": runs.child_ids[outcome.seed],
-                "config_digest": seed_digests[outcome.seed], "status": outcome.status,
+                "seed": outcome.seed, "subset_seed": outcome.subset_seed, "run_id": runs.child_ids[member],
+                "config_digest": stage.run_digests[member], "status": outcome.status,
                 "error": outcome.error, "best_epoch": outcome.best_epoch,
-                "valid_best": outcome.best_valid, "test": test_scores.get(outcome.seed),
+                "valid_best": outcome.best_valid,
+                "test": evaluated["test"] if outcome.status == "ok" else None,
                 "epochs_run": len(outcome.history), "checkpoint": checkpoint,
-                "history": outcome.history,
+                "evaluated": evaluated, "initial": outcome.initial, "history": outcome.history,
             }
-            seed_records.append(record)
+            records.append(record)
             finals = {f"best_valid_{metric}": record["valid_best"], f"test_{metric}": record["test"],
                       "best_epoch": record["best_epoch"], "epochs_run": record["epochs_run"]}
-            runs.log_metrics(outcome.seed, {k: v for k, v in finals.items() if v is not None})
-            runs.set_tags(outcome.seed, {"status": outcome.status, "error": outcome.error or "-"})
-            runs.close(outcome.seed, "FINISHED" if outcome.status == "ok" else "FAILED")
-        _log_parent_summary(runs, seed_records, metric)
-        write_json_atomic(staging / "record.json", {
-            "cell_id": cell_id, "cell": cell.model_dump(), "task": cell.task, "metric": metric,
-            "protocol": params.protocol.model_dump(), "data": identity, "seeds": params.seeds,
-            "experiment": params.tracking.experiment, "parent_run_id": runs.parent_id,
-            "cell_digest": digest, "tags": tags, "seconds": seconds, "runs": seed_records,
+            runs.log_metrics(member, {k: v for k, v in finals.items() if v is not None})
+            runs.set_tags(member, {"status": outcome.status, "error": outcome.error or "-"})
+            runs.close(member, "FINISHED" if outcome.status == "ok" else "FAILED")
+        metrics = cell_metrics(records, stage.main)
+        _log_parent_summary(runs, records, metrics, metric)
+        write_json_atomic(root / RECORDS_DIR / f"{cell_id}.json", {
+            "cell_id": cell_id, "cell": stage.cell.model_dump(), "task": stage.cell.task, "metric": metric,
+            "protocol": stage.params.protocol.model_dump(), "data": stage.identities[stage.main],
+            "draws": {str(d): stage.identities[d] for d in stage.subset_seeds[1:]},
+            "seeds": stage.params.seeds_of(cell_id), "experiment": stage.params.tracking.experiment,
+            "parent_run_id": runs.parent_id, "cell_digest": stage.digest, "tags": tags,
+            "seconds": time.perf_counter() - started, "runs": records,
         })
+        write_json_atomic(root / METRICS_DIR / f"{cell_id}.json", metrics)
+    print(f"{cell_id}: test {metric} {metrics['test']}", flush=True)
     return out_dir
 
 
-def _log_parent_summary(runs, seed_records: list[dict], metric: str) -> None:
-    ok = [r for r in seed_records if r["status"] == "ok"]
-    summary = {"n_ok": len(ok), "n_failed": len(seed_records) - len(ok)}
+def _log_parent_summary(runs, records: list[dict], metrics: dict, metric: str) -> None:
+    summary = {"n_runs": len(records), "n_failed": sum(r["status"] != "ok" for r in records)}
     for key, name in (("test", f"test_{metric}"), ("valid_best", f"best_valid_{metric}")):
-        values = torch.tensor([r[key] for r in ok], dtype=torch.float64)
-        if len(values):
-            summary[f"{name}_mean"] = float(values.mean())
-        if len(values) > 1:
-            summary[f"{name}_std"] = float(values.std())
+        for stat in ("median", "mean", "sd"):
+            if stat in metrics[key]:
+                summary[f"{name}_{stat}"] = metrics[key][stat]
     runs.log_metrics(None, summary)
-    failed = [f"seed {r['seed']}: {r['error']}" for r in seed_records if r["status"] != "ok"]
+    failed = [f"draw {r['subset_seed']} seed {r['seed']}: {r['error']}" for r in records if r["status"] != "ok"]
     runs.set_tags(None, {"status": "ok" if not failed else "failed", "error": "; ".join(failed) or "-"})
     runs.close(None, "FINISHED" if not failed else "FAILED")
-

@@ -1,10 +1,12 @@
-"""Training of one cell: all its seeds as one batched model, each with its own fate.
+"""Training of one cell: all its runs as one batched model, each with its own fate.
 
-The seeds run in one loop: one forward per seed on its own batch, one backward through
-the sum of their losses, and one fused AdamW step over every seed's parameters. Each
-seed keeps its own initialisation, shuffle order, optimizer state and early stopping,
-and once it stops it is no longer run. Seeds share no tensor, so every seed follows
-bit for bit the trajectory it follows when trained alone (tests/test_training.py).
+A run is a (data draw, seed) pair: the main draw's seeds, and for some cells a few seeds
+on further draws. The runs train in one loop: one forward per run on its own batch of
+its own draw, one backward through the sum of their losses, and one fused AdamW step
+over every run's parameters. Each run keeps its own initialisation, shuffle order,
+optimizer state and early stopping, and once it stops it is no longer run. Runs share no
+tensor, so every run follows bit for bit the trajectory it follows when trained alone
+(tests/test_determinism.py).
 
 Measured here (bench/epoch.py): vmap over stacked parameters lowers the convolutions to
 oneDNN grouped convolutions, 1.5-3x slower than issuing one convolution per seed, and
@@ -23,17 +25,27 @@ from misfit.config import CellConfig, ProtocolConfig
 from misfit.data import CellData
 from misfit.losses import CellLoss, LossRejected
 from misfit.model import CNN, fast_forward
+from misfit.task_specs import TASKS
 from misfit.tasks import CellTargets
+
+
+@dataclass(frozen=True)
+class Member:
+    """One run of a cell: the data draw (data.subset_seed) and the seed."""
+    subset_seed: int
+    seed: int
 
 
 @dataclass
 class SeedOutcome:
     seed: int
+    subset_seed: int = 0
     status: str = "running"  # running -> ok | failed
     error: str | None = None
     best_epoch: int | None = None
     best_valid: float | None = None
     best_state: dict[str, torch.Tensor] | None = None
+    initial: dict = field(default_factory=dict)  # valid scores and diagnostics before any update
     history: list[dict] = field(default_factory=list)
 
     @property
@@ -121,26 +133,35 @@ def _grad_norms(params: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 class CellTrainer:
-    """Trains the seeds of one cell together; see the module docstring."""
+    """Trains the runs of one cell together; see the module docstring."""
 
-    def __init__(self, cell: CellConfig, protocol: ProtocolConfig, seeds: list[int],
-                 data: CellData, device: torch.device):
-        self.cell, self.protocol, self.seeds, self.device = cell, protocol, seeds, device
-        self.data = data
-        self.targets = CellTargets(cell, data.train.y)
+    def __init__(self, cell: CellConfig, protocol: ProtocolConfig, members: list[Member],
+                 draws: dict[int, CellData], device: torch.device):
+        self.cell, self.protocol, self.members, self.device = cell, protocol, members, device
+        self.draws = draws
+        self.targets = {d: CellTargets(cell, data.train.y) for d, data in draws.items()}
         self.loss_fn = CellLoss(cell)
-        self.train_loss_target = self.targets.loss_target(data.train.y)
-        self.valid_loss_target = self.targets.loss_target(data.valid.y)
-        self.params = [to_device(state, device) for state in initial_states(cell, seeds)]
+        self.train_loss_target = {d: self.targets[d].loss_target(data.train.y) for d, data in draws.items()}
+        self.valid_loss_target = {d: self.targets[d].loss_target(data.valid.y) for d, data in draws.items()}
+        self.params = [to_device(state, device) for state in initial_states(cell, [m.seed for m in members])]
         self.optimizer = torch.optim.AdamW(
             [tensor for params in self.params for tensor in params.values()],
             lr=protocol.lr, weight_decay=protocol.weight_decay, fused=True,
         )
-        self.shufflers = [torch.Generator().manual_seed(seed) for seed in seeds]
-        self.outcomes = [SeedOutcome(seed) for seed in seeds]
-        self.stoppers = [EarlyStopping(protocol.patience, self.targets.spec.higher_is_better) for _ in seeds]
+        self.shufflers = [torch.Generator().manual_seed(m.seed) for m in members]
+        self.outcomes = [SeedOutcome(m.seed, m.subset_seed) for m in members]
+        higher = TASKS[cell.task].higher_is_better
+        self.stoppers = [EarlyStopping(protocol.patience, higher) for _ in members]
+
+    @classmethod
+    def one_draw(cls, cell: CellConfig, protocol: ProtocolConfig, seeds: list[int], data: CellData,
+                 device: torch.device, subset_seed: int = 0) -> CellTrainer:
+        return cls(cell, protocol, [Member(subset_seed, s) for s in seeds], {subset_seed: data}, device)
 
     def run(self, on_epoch: Callable[[int, list[SeedOutcome]], None] | None = None) -> list[SeedOutcome]:
+        self._record_initial()
+        if on_epoch:
+            on_epoch(0, self.outcomes)
         for epoch in range(1, self.protocol.max_epochs + 1):
             active = [i for i, outcome in enumerate(self.outcomes) if outcome.running]
             if not active:
@@ -153,36 +174,63 @@ class CellTrainer:
                 self._finish(outcome, stopper)
         return self.outcomes
 
+    def _valid_pass(self, active: list[int]) -> dict[int, dict]:
+        """Per run index: valid outputs, metric and diagnostics, one batched pass per draw."""
+        found = {}
+        for draw in sorted({self.members[i].subset_seed for i in active}):
+            rows = [i for i in active if self.members[i].subset_seed == draw]
+            data, targets = self.draws[draw], self.targets[draw]
+            outputs = batched_outputs([self.params[i] for i in rows], data.valid.x,
+                                      self.cell.model_activation, self.protocol.eval_batch_size)
+            scores = targets.per_sample_score(outputs, data.valid.y).mean(dim=-1).tolist()
+            diagnostics = {k: v.tolist() for k, v in targets.diagnostics(outputs, data.valid.y).items()}
+            for row, i in enumerate(rows):
+                found[i] = {"output": outputs[row], "valid_metric": scores[row],
+                            **{name: values[row] for name, values in diagnostics.items()}}
+        return found
+
+    def _record_initial(self) -> None:
+        """The valid scores before any update: a ReLU that starts dead shows here."""
+        everyone = list(range(len(self.members)))
+        for i, values in self._valid_pass(everyone).items():
+            output = values.pop("output")
+            draw = self.members[i].subset_seed
+            try:
+                valid_loss = loss_in_batches(self.loss_fn, output, self.valid_loss_target[draw],
+                                             self.protocol.batch_size)
+            except LossRejected:
+                valid_loss = math.nan  # the run fails on its first training batch, with the reason
+            self.outcomes[i].initial = {"epoch": 0, "valid_loss": valid_loss, **values}
+
     def _epoch(self, epoch: int, active: list[int]) -> None:
         started = time.perf_counter()
         loss_sums, grad_norms = self._train_epoch(epoch, active)
         active = [i for i in active if self.outcomes[i].running]
         if not active:
             return
-        valid_out = batched_outputs([self.params[i] for i in active], self.data.valid.x,
-                                    self.cell.model_activation, self.protocol.eval_batch_size)
-        scores = self.targets.per_sample_score(valid_out, self.data.valid.y).mean(dim=-1).tolist()
-        diagnostics = {k: v.tolist() for k, v in self.targets.diagnostics(valid_out, self.data.valid.y).items()}
-        n_steps = math.ceil(len(self.data.train.x) / self.protocol.batch_size)
-        train_losses = (loss_sums / len(self.data.train.x)).tolist()
+        valid = self._valid_pass(active)
+        n_train = len(self.draws[self.members[0].subset_seed].train.x)
+        n_steps = math.ceil(n_train / self.protocol.batch_size)
+        train_losses = (loss_sums / n_train).tolist()
         mean_grad_norms = (grad_norms / n_steps).tolist()
         seconds = time.perf_counter() - started
-        for row, i in enumerate(active):
+        for i in active:
             outcome, stopper = self.outcomes[i], self.stoppers[i]
+            values = valid[i]
+            output, score = values.pop("output"), values["valid_metric"]
             record = {
                 "epoch": epoch,
                 "train_loss": train_losses[i],
-                "valid_loss": self._valid_loss(outcome, valid_out[row]),
-                "valid_metric": scores[row],
+                "valid_loss": self._valid_loss(outcome, output, self.members[i].subset_seed),
+                **values,
                 "grad_norm_fc_final": mean_grad_norms[0][i],
                 "grad_norm_conv1": mean_grad_norms[1][i],
-                **{name: values[row] for name, values in diagnostics.items()},
                 "seconds": seconds,
             }
-            record["improved"] = stopper.update(epoch, scores[row])
+            record["improved"] = stopper.update(epoch, score)
             outcome.history.append(record)
             if record["improved"]:
-                outcome.best_epoch, outcome.best_valid = epoch, scores[row]
+                outcome.best_epoch, outcome.best_valid = epoch, score
                 outcome.best_state = {k: v.detach().contiguous().cpu().clone() for k, v in self.params[i].items()}
             if not math.isfinite(train_losses[i]):
                 outcome.fail(f"the training loss became {train_losses[i]} in epoch {epoch}")
@@ -191,14 +239,14 @@ class CellTrainer:
 
     def _finish(self, outcome: SeedOutcome, stopper: EarlyStopping) -> None:
         if stopper.best is None:
-            outcome.fail(f"the valid {self.targets.spec.metric} was never finite "
+            outcome.fail(f"the valid {TASKS[self.cell.task].metric} was never finite "
                          f"in {len(outcome.history)} epochs")
         else:
             outcome.status = "ok"
 
-    def _valid_loss(self, outcome: SeedOutcome, output: torch.Tensor) -> float:
+    def _valid_loss(self, outcome: SeedOutcome, output: torch.Tensor, draw: int) -> float:
         try:
-            return loss_in_batches(self.loss_fn, output, self.valid_loss_target, self.protocol.batch_size)
+            return loss_in_batches(self.loss_fn, output, self.valid_loss_target[draw], self.protocol.batch_size)
         except LossRejected as error:
             self._reject(outcome, error, "validation")
             return math.nan
@@ -207,19 +255,20 @@ class CellTrainer:
         outcome.fail(f"nn.{self.loss_fn.module.__class__.__name__} rejected the {where} batch: {error}")
 
     def _train_epoch(self, epoch: int, active: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        n, batch = len(self.data.train.x), self.protocol.batch_size
+        n, batch = len(self.draws[self.members[0].subset_seed].train.x), self.protocol.batch_size
         orders = {i: torch.randperm(n, generator=self.shufflers[i]).to(self.device) for i in active}
-        loss_sums = torch.zeros(len(self.seeds), dtype=torch.float64, device=self.device)
-        grad_norms = torch.zeros(2, len(self.seeds), dtype=torch.float64, device=self.device)
+        loss_sums = torch.zeros(len(self.members), dtype=torch.float64, device=self.device)
+        grad_norms = torch.zeros(2, len(self.members), dtype=torch.float64, device=self.device)
         for start in range(0, n, batch):
             losses = []
             for i in active:
                 if not self.outcomes[i].running:
                     continue
+                draw = self.members[i].subset_seed
                 rows = orders[i][start : start + batch]
-                output = fast_forward(self.params[i], self.data.train.x[rows], self.cell.model_activation)
+                output = fast_forward(self.params[i], self.draws[draw].train.x[rows], self.cell.model_activation)
                 try:
-                    loss = self.loss_fn(output, self.train_loss_target[rows])
+                    loss = self.loss_fn(output, self.train_loss_target[draw][rows])
                 except LossRejected as error:
                     self._reject(self.outcomes[i], error, f"epoch {epoch} training")
                     continue
