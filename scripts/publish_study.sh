@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Train the study cell by cell and publish each cell as it lands, so a long study survives
+# an interrupted session: its checkpoints go to the DVC remote (`dvc push`), and its
+# dvc.lock entry, records/<cell>.json and metrics/<cell>.json into a git commit.
+# Run again (here or in a fresh clone with the same remote) and it resumes: a cell whose
+# stage dvc.lock already pins is restored from the remote (`--pull`), not retrained.
+#
+#   MNIST_MIRROR=<dir> scripts/publish_study.sh [remote]   # remote: a `dvc remote` name
+set -euo pipefail
+cd "$(dirname "$0")/.."
+remote=${1:-}
+push() { dvc push ${remote:+-r "$remote"} "$@"; }
+
+dvc repro --pull label-derive
+push download split label-derive
+cells=$(python -c 'import yaml; print("\n".join(yaml.safe_load(open("params.yaml"))["cells"]))')
+for cell in $cells; do
+  echo "== $(date -u +%FT%TZ) $cell"
+  dvc repro --pull --single-item "train@$cell"
+  push "train@$cell"
+  git add dvc.lock models/.gitignore "records/$cell.json" "metrics/$cell.json"
+  git diff --cached --quiet || git commit -q -m "Study: train@$cell"
+done
+dvc repro report
+git add dvc.lock reports
+git diff --cached --quiet || git commit -q -m "Study: the report"
+echo "== $(date -u +%FT%TZ) done"
