@@ -1,4 +1,4 @@
-"""report: reports/report.md, reports/results.json and the figures, from metrics/."""
+"""report: reports/report.md, reports/results.json and the figures, from records/, the label summary and the published runs."""
 import sys
 
 from misfit.report import write_report

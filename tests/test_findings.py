@@ -1,79 +1,103 @@
-"""Findings under the report's tables: collapse against a constant prediction, Welch's test."""
+"""Findings: constant-answer baselines, family comparisons with Holm, published runs judged
+against a draw-aware prediction interval or matched to a mode, and the ReLU lottery."""
 from __future__ import annotations
 
-import math
-
 import pytest
-from scipy import stats
 
-from misfit.findings import Baseline, baselines, compare, has_collapsed, task_finding, welch_p
+from misfit.findings import (
+    Cell, Published, Run, baselines, compare_family, judge_published, relu_clip_bound, relu_lottery, zero_mse,
+)
+from misfit.modes import CONSTANT, DEAD_RELU, LEARNED, Outcome
+from misfit.tasks import STROKES
 
-
-def entry(metric: str, tests: list[float | None], error: str | None = None) -> dict:
-    finished = [t for t in tests if t is not None]
-    mean = sum(finished) / len(finished) if finished else None
-    finite = all(math.isfinite(t) for t in finished)
-    std = (stats.tstd(finished) if finite else math.nan) if len(finished) > 1 else None
-    per_seed = {str(i): ({"status": "ok", "test": t} if t is not None else {"status": "failed", "error": error})
-                for i, t in enumerate(tests)}
-    return {"metric": metric, "status": "ok" if len(finished) == len(tests) else "failed", "error": error,
-            "test": {"mean": mean, "std": std, "n": len(finished)}, "per_seed": per_seed}
-
-
-LABELS = {"test": {
-    "n": 1000,
-    "regression": {"mean": 2.7, "variance": 1.8},
-    "probability": {"positive_share": 0.49},
-    "binary": {"class_counts": [510, 490]},
-    "multiclass": {"class_counts": [98, 113, 103, 101, 98, 89, 96, 103, 97, 102]},
-    "multilabel": {"positive_share_per_output": [0.49, 0.4, 0.49, 0.39]},
-}}
+COUNTS = [98, 113, 103, 101, 98, 89, 96, 103, 97, 102]
+LABELS = {
+    "test": {"n": 1000, "regression": {"mean": 2.7, "variance": 1.8},
+             "probability": {"positive_share": 0.49}, "binary": {"class_counts": [510, 490]},
+             "multiclass": {"class_counts": COUNTS},
+             "multilabel": {"positive_share_per_output": [0.49, 0.4, 0.49, 0.39]}},
+    "train": {"regression": {"mean": 2.5}},
+}
 
 
-def test_baselines_are_constant_prediction_scores():
+def make_cell(cell_id: str, values: list[tuple[float | None, str]], draws: dict[int, list[float]] | None = None,
+              metric: str = "accuracy", detail: str = "") -> Cell:
+    def run(seed, subset, value, mode):
+        record = {"run_id": f"{cell_id}-{subset}-{seed}", "test": value, "valid_best": value,
+                  "best_epoch": 3, "history": [], "evaluated": {"matches_record": True}}
+        return Run(seed, subset, record, Outcome(mode, detail))
+
+    main = [run(seed, 0, v, m) for seed, (v, m) in enumerate(values)]
+    further = [run(seed, d, v, LEARNED) for d, vs in (draws or {}).items() for seed, v in enumerate(vs)]
+    task = cell_id.split("-")[0]
+    record = {"cell": {"variant": cell_id.rsplit("-", 1)[-1]}, "parent_run_id": "p", "cell_digest": "d" * 64}
+    return Cell(cell_id, task, metric, "none", record, main, further)
+
+
+def learned(*values):
+    return [(v, LEARNED) for v in values]
+
+
+def test_baselines_are_the_best_constant_answers():
     found = baselines(LABELS)
     assert found["multiclass"].value == pytest.approx(0.113)
     assert found["binary"].value == pytest.approx(0.51)
     assert found["probability"].value == pytest.approx(0.51)
     assert found["multilabel"].value == pytest.approx((0.51 + 0.6 + 0.51 + 0.61) / 4)
-    assert found["regression"].value == pytest.approx(1.8)
+    # the train mean, not the test mean: variance plus the squared shift
+    assert found["regression"].value == pytest.approx(1.8 + 0.2 ** 2)
 
 
-@pytest.mark.parametrize("metric, tests, baseline, collapsed", [
-    ("accuracy", [0.11, 0.10, 0.12], 0.113, True),
-    ("accuracy", [0.97, 0.96, 0.97], 0.113, False),
-    ("accuracy", [0.52, 0.53], 0.51, True),  # within the 2-point margin of the majority share
-    ("mse", [1.75, 1.9], 1.8, True),  # no better than predicting the mean
-    ("mse", [0.05, 0.06], 1.8, False),
-    ("mse", [float("inf"), float("inf")], 1.8, True),
-])
-def test_collapse(metric, tests, baseline, collapsed):
-    assert has_collapsed(entry(metric, tests), Baseline(baseline, "")) is collapsed
+def test_relu_bounds_are_computed_from_the_label_counts():
+    below = sum(n * (STROKES[d] - 2.5) ** 2 for d, n in enumerate(COUNTS) if STROKES[d] < 2.5) / 1000
+    assert relu_clip_bound(LABELS) == pytest.approx(below)
+    assert zero_mse(LABELS) == pytest.approx(sum(n * STROKES[d] ** 2 for d, n in enumerate(COUNTS)) / 1000)
 
 
-def test_welch_matches_scipy_and_handles_degenerate_cases():
-    a, b = [0.97, 0.965, 0.972], [0.95, 0.948, 0.955]
-    assert welch_p(a, b) == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    assert welch_p([0.5], [0.6, 0.7]) is None
-    assert welch_p([0.49, 0.49], [0.49, 0.49]) == 1.0
-    assert welch_p([0.49, 0.49], [0.51, 0.51]) == 0.0
-    assert welch_p([float("inf"), float("inf")], [1.7, 1.8]) is None
-    assert welch_p([float("nan"), 0.06], [0.05, 0.06]) is None
+def test_family_comparisons_are_intervals_holm_adjusted_and_skip_mixed_modes():
+    reference = make_cell("multiclass-softmax-ce", learned(0.970, 0.968, 0.972, 0.969, 0.971))
+    same = make_cell("multiclass-softmax-mse", learned(0.969, 0.971, 0.967, 0.970, 0.972))
+    lower = make_cell("multiclass-sigmoid-bce", learned(0.950, 0.948, 0.952, 0.951, 0.949))
+    mixed = make_cell("multiclass-sigmoid-mse", [(0.11, CONSTANT), (0.95, LEARNED)] * 2 + [(0.11, CONSTANT)])
+    found = compare_family([reference, same, lower, mixed], reference)
+    assert set(found) == {"multiclass-softmax-mse", "multiclass-sigmoid-bce", "multiclass-sigmoid-mse"}
+    assert not found["multiclass-softmax-mse"]["detected"]
+    low, high = found["multiclass-softmax-mse"]["ci"]
+    assert low < 0 < high
+    assert found["multiclass-sigmoid-bce"]["detected"] and found["multiclass-sigmoid-bce"]["estimate"] == pytest.approx(-0.02)
+    assert found["multiclass-sigmoid-bce"]["p_holm"] == pytest.approx(2 * found["multiclass-sigmoid-bce"]["p"])
+    assert found["multiclass-sigmoid-mse"]["test"] is None
+    assert "3/5 constant, 2/5 learned" in found["multiclass-sigmoid-mse"]["reason"] or \
+        "2/5 learned, 3/5 constant" in found["multiclass-sigmoid-mse"]["reason"]
 
 
-def test_finding_separates_noise_real_differences_collapse_and_failure():
-    results = {"cells": {
-        "multiclass-softmax-ce": entry("accuracy", [0.970, 0.968, 0.972]),
-        "multiclass-softmax-mse": entry("accuracy", [0.969, 0.971, 0.967]),
-        "multiclass-sigmoid-bce": entry("accuracy", [0.950, 0.948, 0.952]),
-        "multiclass-sigmoid-mse": entry("accuracy", [0.11, 0.113, 0.10]),
-        "multiclass-sigmoid-ce": entry("accuracy", [None, None], error="boom"),
-    }}
-    text = task_finding(list(results["cells"]), "multiclass-softmax-ce", results, baselines(LABELS)["multiclass"])
-    noise, _, rest = text.partition("different from it beyond noise")
-    assert "`multiclass-softmax-mse`" in noise and "`multiclass-sigmoid-bce`" not in noise
-    assert "`multiclass-sigmoid-bce` (-2.00%, p" in rest
-    assert "Collapsed" in text and "`multiclass-sigmoid-mse`" in text.split("Collapsed")[1]
-    assert "Failed without a result: `multiclass-sigmoid-ce` (boom)" in text
-    comparison = compare("multiclass-sigmoid-bce", "multiclass-softmax-ce", results)
-    assert comparison.real and comparison.difference == pytest.approx(-0.02)
+def test_a_published_run_inside_and_outside_the_prediction_interval():
+    draws = {d: [0.974 + 0.002 * d, 0.973 + 0.002 * d] for d in (1, 2, 3, 4)}
+    cell = make_cell("binary-softmax-mse", learned(0.973, 0.972, 0.975, 0.974, 0.976), draws)
+    inside = judge_published(cell, Published("seed 000", 0.97, 0.976, 2), [0, 1], LABELS)
+    assert inside["inside"] and inside["runs"] == 10 and inside["draws"] == 5
+    outside = judge_published(cell, Published("seed 000", 0.9733, 0.9985, 2), [0, 1], LABELS)
+    assert not outside["inside"] and "above the interval" in outside["explanation"]
+    assert outside["interval"]["low"] < outside["interval"]["mean"] < outside["interval"]["high"] < 0.9985
+
+
+def test_a_published_constant_is_matched_to_another_constant_class():
+    """multiclass-sigmoid-mse: our runs answer digit 1; a published 10.3% is digit 7's share."""
+    cell = make_cell("multiclass-sigmoid-mse", [(0.113, CONSTANT)] * 5, detail="digit 1")
+    for run in cell.runs:
+        run.record["test"] = 0.113
+    judged = judge_published(cell, Published("seed 000", 0.1097, 0.103, 2), [0, 1], LABELS)
+    assert not judged["inside"] and judged["matches_mode"] == CONSTANT
+    assert "digit 2" in judged["explanation"] or "digit 7" in judged["explanation"]
+    assert "digit 1" in judged["explanation"]
+
+
+def test_relu_lottery_counts_survivors_with_a_wilson_interval():
+    outcomes = [(1.78, DEAD_RELU)] * 18 + [(0.59, LEARNED)] * 6
+    cell = make_cell("regression-relu-mse-zscore", outcomes, metric="mse", detail="dead at initialisation")
+    found = relu_lottery(cell, LABELS)
+    assert found["survival"]["alive"] == 6 and found["survival"]["n"] == 24
+    low, high = found["survival"]["ci"]
+    assert low == pytest.approx(0.1197, abs=1e-3) and high == pytest.approx(0.4490, abs=1e-3)
+    assert found["dead_at_init"] == 18 and found["alive_test"]["median"] == pytest.approx(0.59)
+    assert "clip_bound" in found

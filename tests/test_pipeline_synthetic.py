@@ -31,24 +31,27 @@ def test_every_stage_runs_once_per_cell(repro):
     assert ran[-1] == "report" and len(ran) == 3 + len(CELLS) + 1
 
 
-def test_results_hold_every_cell_with_its_runs(repro):
+def test_results_hold_every_cell_with_its_runs_and_modes(repro):
     project, _, _ = repro
     results = json.loads((project / "reports" / "results.json").read_text())["cells"]
     assert sorted(results) == sorted(CELLS)
     runs = {run_id: status for run_id, _, status in mlflow_runs(project)}
     for cell, entry in results.items():
-        assert entry["seeds"] == [0, 1]
-        assert len(entry["runs"]) == 2 and all(r in runs for r in entry["runs"])
+        assert entry["seeds"] == [0, 1] and entry["n"] == 2
+        main = [r for r in entry["runs"] if r["subset_seed"] == 0]
+        assert len(main) == 2 and all(r["run_id"] in runs for r in entry["runs"])
+        assert sum(entry["modes"].values()) == 2
         if cell == "regression-none-bce-zscore":
-            assert entry["status"] == "failed" and "between 0 and 1" in entry["error"]
-            assert entry["test"]["n"] == 0
-            assert all(runs[r] == "FAILED" for r in entry["runs"])
+            assert entry["modes"] == {"failed": 2}
+            assert all("between 0 and 1" in r["error"] and runs[r["run_id"]] == "FAILED" for r in main)
         else:
-            assert entry["status"] == "ok", entry["error"]
-            assert entry["test"]["n"] == 2 and entry["test"]["std"] is not None
-            assert all(runs[r] == "FINISHED" for r in entry["runs"])
-    # the bar encodes the digit: the recommended multiclass-free cells learn it
-    assert results["binary-softmax-ce"]["test"]["mean"] > 0.8
+            assert all(runs[r["run_id"]] == "FINISHED" for r in entry["runs"])
+    # the bar encodes the digit: the recommended cells learn it, and then mean, sd and a CI are given
+    binary = results["binary-softmax-ce"]
+    assert binary["modes"] == {"learned": 2} and binary["mean"] > 0.8 and binary["ci"][0] <= binary["mean"]
+    # probability + softmax answers a constant 1: the share of curved digits, whatever it is
+    assert results["probability-softmax-ce"]["modes"] == {"constant": 2}
+    assert {r["detail"] for r in results["probability-softmax-ce"]["runs"]} == {"always 1"}
 
 
 def test_report_shows_numbers_and_the_failure(repro):

@@ -156,7 +156,8 @@ class Params(_Strict):
                 )
         for key, cell in self.cells.items():
             seeds = cell.seeds if cell.seeds is not None else self.seeds
-            if cell.draws and not set(self.draws.seeds) <= set(seeds):
+            further = cell.draws and self.draws.subset_seeds
+            if further and not set(self.draws.seeds) <= set(seeds):
                 raise ValueError(f"cells.{key}: draws.seeds {self.draws.seeds} must be among the "
                                  f"cell's seeds {seeds}, so that the main draw has the same runs "
                                  "as each further draw")

@@ -1,9 +1,11 @@
-"""Diagnostics that test the seeds' guesses about why a configuration fails.
+"""Diagnostics that show how the failing runs fail.
 
-For each failing configuration the report puts the per-epoch diagnostics logged by
-training (output sums, saturation, entropy, gradient norms, prediction spread) next to
-the recommended cell's, in a table at epoch 1 and at the best epoch, a figure, and
-statements that fire only when the numbers support them.
+Sections follow what actually happened, not what was expected to: one per failure mode
+(constant answer, dead ReLU, worse than constant), split into classifiers and
+regressors. Each row is one cell's runs *in that mode* (never an average across modes),
+next to the recommended cell's learned runs, with the per-epoch diagnostics training
+logged at epoch 1 and at the last epoch each run trained, and statements that appear
+only when the numbers support them.
 """
 from __future__ import annotations
 
@@ -17,9 +19,7 @@ from misfit.files import json_float
 @dataclass(frozen=True)
 class Section:
     title: str
-    guess: str  # the seed's explanation, paraphrased
-    cells: tuple[str, ...]
-    reference: str
+    mode: str
     keys: tuple[tuple[str, str], ...]  # (history key, label)
 
 
@@ -27,40 +27,37 @@ CLASSIFIER_KEYS = (
     ("diag_prob_sum", "mean sum of outputs"),
     ("diag_saturated_share", "share of outputs < 0.01 or > 0.99"),
     ("diag_entropy", "output entropy (nats)"),
+    ("diag_top_share", "share of the most frequent answer"),
     ("grad_norm_fc_final", "‖grad‖ at fc_final"),
     ("grad_norm_conv1", "‖grad‖ at conv1"),
 )
 REGRESSION_KEYS = (
     ("diag_pred_std", "std of predictions (strokes)"),
     ("diag_target_std", "std of targets (strokes)"),
+    ("diag_live_share", "share of live ReLU outputs"),
     ("grad_norm_fc_final", "‖grad‖ at fc_final"),
     ("grad_norm_conv1", "‖grad‖ at conv1"),
 )
 
-SECTIONS = (
-    Section("Multiclass with a sigmoid output (bce, mse)",
-            "sigmoid outputs are independent, so they do not model the competition between classes "
-            "that softmax builds in (seed 001, 1-2; seed 000, 3-2)",
-            ("multiclass-sigmoid-mse", "multiclass-sigmoid-bce", "multiclass-sigmoid-ce"),
-            "multiclass-softmax-ce", CLASSIFIER_KEYS),
-    Section("Probability with a softmax output",
-            "softmax over a single output is the constant 1, so the model cannot express a probability",
-            ("probability-softmax-ce", "probability-softmax-bce"), "probability-sigmoid-bce", CLASSIFIER_KEYS),
-    Section("Multilabel with a softmax output",
-            "softmax forces the four outputs to sum to 1, but a digit can belong to several groups",
-            ("multilabel-softmax-mse", "multilabel-softmax-ce", "multilabel-softmax-bce"),
-            "multilabel-sigmoid-bce", CLASSIFIER_KEYS),
-    Section("Regression without target normalisation",
-            "raw targets (1 to 6 strokes) and a sigmoid transform of them distort the regression "
-            "(seed 001, 1-1)",
-            ("regression-none-mse-raw", "regression-relu-mse-raw", "regression-sigmoid-mse-raw",
-             "regression-sigmoid-mse-zscore", "regression-relu-mse-zscore"),
-            "regression-none-mse-zscore", REGRESSION_KEYS),
-    Section("Regression with a binary cross-entropy loss",
-            "BCE expects probabilities in [0, 1]; a z-scored target is neither",
-            ("regression-none-bce-zscore", "regression-none-bcelogits-zscore"),
-            "regression-none-mse-zscore", REGRESSION_KEYS),
-)
+# the seeds' own explanations of why a configuration fails, to set beside what the runs show
+SEED_GUESSES = {
+    "multiclass-sigmoid": "sigmoid outputs are independent, so they do not model the competition "
+                          "between classes that softmax builds in (seed 001, 1-2; seed 000, 3-2)",
+    "probability-softmax": "softmax over a single output is the constant 1",
+    "multilabel-softmax": "softmax forces the four outputs to sum to 1, but a digit can belong to several groups",
+    "regression-relu": "a ReLU output cannot go below 0 (seed 001, 1-1)",
+    "regression-sigmoid": "a sigmoid transform of the target distorts the regression (seed 001, 1-1)",
+    "regression-none-bce": "BCE expects probabilities in [0, 1]; a z-scored target is neither",
+}
+
+
+def seed_guess(cell_id: str) -> str | None:
+    return next((text for prefix, text in SEED_GUESSES.items() if cell_id.startswith(prefix)), None)
+
+
+def sections_for(mode: str, title: str) -> tuple[Section, Section]:
+    return (Section(f"{title}: classifiers", mode, CLASSIFIER_KEYS),
+            Section(f"{title}: regressors", mode, REGRESSION_KEYS))
 
 
 def value_at(histories: list[list[dict]], key: str, epoch_of) -> float | None:
@@ -97,25 +94,19 @@ def _fmt(value: float | None) -> str:
 
 
 def table(section: Section, snapshots: dict[str, dict]) -> list[str]:
-    header = "| cell | " + " | ".join(f"{label} (epoch 1 → last)" for _, label in section.keys) + " |"
+    """snapshots: {row label: snapshot}; the label names the cell and which of its runs."""
+    header = "| runs | " + " | ".join(f"{label} (epoch 1 → last)" for _, label in section.keys) + " |"
     rows = [header, "|---|" + "---|" * len(section.keys)]
-    for cell, snap in snapshots.items():
-        marker = " (recommended)" if cell == section.reference else ""
+    for label, snap in snapshots.items():
         cells = [f"{_fmt(snap[key]['epoch1'])} → {_fmt(snap[key]['last'])}" for key, _ in section.keys]
-        rows.append(f"| `{cell}`{marker} | " + " | ".join(cells) + " |")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return rows
 
 
-def statements(section: Section, snapshots: dict[str, dict], targets_per_image: float | None) -> list[str]:
-    """What the numbers show, one statement per finding that the numbers support."""
-    reference = snapshots.get(section.reference)
-    found = []
-    for cell, snap in snapshots.items():
-        if cell == section.reference:
-            continue
-        found += _classifier_statements(cell, snap, reference, targets_per_image)
-        found += _regression_statements(cell, snap, reference)
-    return found
+def statements(cell: str, snap: dict, reference: dict | None, targets_per_image: float | None) -> list[str]:
+    """What the numbers show for one cell's runs in a mode, one statement per finding."""
+    return (_classifier_statements(cell, snap, reference, targets_per_image)
+            + _regression_statements(cell, snap, reference))
 
 
 def _last(snap: dict, key: str) -> float | None:

@@ -42,7 +42,8 @@ def per_epoch(histories: list[list[dict]], key: str, metric: str | None = None) 
 
 
 def learning_curves(task: str, metric: str, curves: dict[str, list[list[dict]]], path: Path) -> None:
-    """Valid metric per epoch, one line per cell: mean over seeds, band = ± one std."""
+    """Valid metric per epoch, one line per cell: mean over the runs given (the caller
+    passes one mode's runs), band = ± one std."""
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for cell, histories in curves.items():
         epochs, mean, std = per_epoch(histories, "valid_metric", metric)
@@ -54,38 +55,48 @@ def learning_curves(task: str, metric: str, curves: dict[str, list[list[dict]]],
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"valid {UNITS[metric]}")
-    ax.set_title(f"{task}: valid metric per epoch (mean over seeds, band ± 1 std)")
+    ax.set_title(f"{task}: valid metric per epoch (mean over each cell's most common outcome, band ± 1 std)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best", ncol=2)
     _save(fig, path)
 
 
-def test_bars(title: str, groups: dict[str, list[tuple[str, dict]]], path: Path) -> None:
-    """Test metric per cell with ± std error bars, one panel per task."""
+MODE_COLOURS = {"learned": "tab:blue", "constant": "tab:orange", "dead-relu": "tab:red",
+                "worse-than-constant": "tab:purple", "diverged": "tab:brown", "failed": "black"}
+
+
+def test_points(title: str, groups: dict[str, list[tuple[str, list[tuple[float | None, str]]]]], path: Path) -> None:
+    """Every run's test metric, one row per cell, coloured by outcome mode (no bars: a mean
+    over runs in different modes would be no run's value). One panel per task."""
     tasks = [task for task, rows in groups.items() if rows]
     if not tasks:
         return
     heights = [max(1, len(groups[t])) for t in tasks]
     fig, axes = plt.subplots(len(tasks), 1, figsize=(9, 1.0 + 0.42 * sum(heights) + 0.5 * len(tasks)),
                              gridspec_kw={"height_ratios": heights}, squeeze=False)
+    seen: set[str] = set()
     for ax, task in zip(axes[:, 0], tasks):
         rows = groups[task]
-        metric = rows[0][1]["metric"]
-        names = [cell for cell, _ in rows]
-        means = [_scaled(entry["test"]["mean"], metric) if entry["test"]["n"] else math.nan for _, entry in rows]
-        errors = [_scaled(entry["test"]["std"], metric) if entry["test"]["std"] is not None else 0.0
-                  for _, entry in rows]
-        y = np.arange(len(rows))
-        ax.barh(y, np.nan_to_num(means), xerr=np.nan_to_num(errors), color="tab:blue", alpha=0.7, capsize=3)
-        for i, mean in enumerate(means):
-            if math.isnan(mean):
-                ax.text(0, i, "  failed (no result)", va="center", color="tab:red", fontsize=8)
-        ax.set_yticks(y, names, fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel(f"test {UNITS[metric]}" if metric == "accuracy" else "test MSE (strokes²)")
+        metric = "mse" if task == "regression" else "accuracy"
+        for y, (_, runs) in enumerate(rows):
+            values = [(v, m) for v, m in runs if v is not None and math.isfinite(v)]
+            if not values:
+                ax.text(0.01, y, "  no finite result", va="center", color="tab:red", fontsize=8,
+                        transform=ax.get_yaxis_transform())
+            jitter = np.linspace(-0.18, 0.18, len(values)) if len(values) > 1 else [0.0]
+            for (value, mode), dy in zip(values, jitter):
+                ax.plot(_scaled(value, metric), y + dy, "o", ms=3.5, alpha=0.8, color=MODE_COLOURS[mode],
+                        label=mode if mode not in seen else None)
+                seen.add(mode)
+        ax.set_yticks(np.arange(len(rows)), [cell for cell, _ in rows], fontsize=8)
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        if metric == "mse":
+            ax.set_xscale("log")
+        ax.set_xlabel(f"test {UNITS[metric]}")
         ax.set_title(task, fontsize=10, loc="left")
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"{title}: test metric per cell (mean ± std over seeds)", fontsize=11)
+    axes[0, 0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"{title}: test metric of every run (main draw), coloured by outcome", fontsize=11)
     _save(fig, path)
 
 

@@ -1,285 +1,221 @@
 """The report stage: reports/results.json, reports/report.md and reports/figures/.
 
-Every number is read from the evaluate stage's metrics files, the train stage's
-records (per-epoch histories) and the label summary (what a constant prediction
-scores); none is typed by hand. Sentences under the tables are computed from the
-numbers (misfit.findings, misfit.diagnostics).
+Every number is read from the train stage's records (records/<cell>.json: every run,
+every epoch), the label summary (what a constant answer scores) and the published single
+runs (misfit.study for seed 000, reference/author_s1.json for the author's completed S1
+tables); none is typed by hand. Runs are first sorted into outcome modes (misfit.modes);
+values are summarised within a mode, and comparisons are intervals (misfit.findings).
 """
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from misfit import diagnostics, figures
 from misfit.config import Params, load_params
 from misfit.files import atomic_dir, json_float, read_json, write_json_atomic, write_text_atomic
-from misfit.findings import ALPHA, Baseline, baselines, compare, format_metric, format_p, task_finding
-from misfit.layout import LABELS_DIR, METRICS_DIR, PARAMS_FILE, RECORDS_DIR, REPORTS_DIR
-from misfit.study import ADDED, PUBLISHED, RECOMMENDED, STUDIES, STUDY_TITLES, TASK_ORDER, recommended_in
+from misfit.findings import (
+    Cell, Published, baselines, cell_summary, compare_family, format_modes, judge_published, load_cell,
+    relu_lottery,
+)
+from misfit.intervals import holm, welch_difference
+from misfit.layout import LABELS_DIR, PARAMS_FILE, RECORDS_DIR, REPORTS_DIR
+from misfit.modes import CONSTANT, DEAD_RELU, DIVERGED, FAILED, LEARNED, WORSE
+from misfit.study import ADDED, PUBLISHED, RECOMMENDED, S0, S1, STUDIES, STUDY_TITLES, TASK_ORDER, recommended_in
 
 FIGURES = "figures"
+REFERENCE_FILE = Path("reference/author_s1.json")  # the author's completed S1 tables, with their source
+RELU_CELLS = ("regression-relu-mse-zscore", "regression-relu-mse-raw")
 DOUBLE_SOFTMAX_PAIRS = (("binary-softmax-ce", "binary-logits-ce"),
                         ("multiclass-softmax-ce", "multiclass-logits-ce"),
                         ("probability-sigmoid-bce", "probability-logits-bcelogits"),
                         ("multilabel-sigmoid-bce", "multilabel-logits-bcelogits"))
+SOURCES = {S0: "seed 000, published", S1: "author, completed S1"}
+FAILURE_SECTIONS = ((CONSTANT, "One constant answer"), (DEAD_RELU, "A dead ReLU output"),
+                    (WORSE, "Varied answers, no better than a constant"))
 
 
 # -- data ----------------------------------------------------------------------------
 
-def read_record(root: Path, cell_id: str) -> dict:
-    path = root / RECORDS_DIR / f"{cell_id}.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; run train@{cell_id} first (dvc repro)")
-    return read_json(path)
-
-
-def collect_results(root: Path, params: Params) -> dict:
-    """results.json: one entry per cell of params.yaml, from its record and metrics file."""
+def load_cells(root: Path, params: Params, label_summary: dict) -> dict[str, Cell]:
     cells = {}
     for cell_id in params.cells:
-        record = read_record(root, cell_id)
-        metrics = read_json(root / METRICS_DIR / f"{cell_id}.json")
-        main = [r for r in record["runs"] if r["subset_seed"] == params.data.subset_seed]
-        failed = [r for r in main if r["status"] != "ok"]
-        cells[cell_id] = {
-            "task": record["task"], "metric": record["metric"], "status": "failed" if failed else "ok",
-            "error": "; ".join(f"seed {r['seed']}: {r['error']}" for r in failed) or None,
-            "seeds": [r["seed"] for r in main],
-            **{key: _stat(metrics[key]) for key in ("valid_best", "test", "best_epoch")},
-            "runs": [r["run_id"] for r in main],
-            "parent_run": record["parent_run_id"], "cell_digest": record["cell_digest"],
-            "per_seed": {str(r["seed"]): {k: r[k] for k in ("run_id", "config_digest", "status", "error",
-                                                            "best_epoch", "valid_best", "test")}
-                         for r in main},
-            "all_match_record": metrics["mismatches"] == 0,
-        }
-    return {"cells": cells}
+        path = root / RECORDS_DIR / f"{cell_id}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing; run train@{cell_id} first (dvc repro)")
+        cells[cell_id] = load_cell(cell_id, read_json(path), params.data.subset_seed, label_summary)
+    return cells
 
 
-def _stat(summary: dict) -> dict:
-    """A metrics-file summary with its absent fields as null, as results.json has them."""
-    return {"mean": summary.get("mean"), "std": summary.get("sd"), "n": summary["n"]}
+def published_runs(root: Path) -> dict[str, dict[str, Published]]:
+    """{study: {cell: Published}}: seed 000's six (S0) and the author's completed S1 tables."""
+    author = read_json(root / REFERENCE_FILE)["cells"]
+    s1 = {}
+    for cell_id, values in author.items():
+        if values == "not run":
+            continue
+        valid, test = values
+        scale, digits = (0.01, 2) if not cell_id.startswith("regression") else (1.0, 4)
+        s1[cell_id] = Published(SOURCES[S1], valid * scale, test * scale, digits)
+    s0 = {c: Published(SOURCES[S0], v / 100, t / 100, 2) for c, (v, t) in PUBLISHED.items()}
+    return {S0: s0, S1: s1}
 
 
-def load_histories(root: Path, cells) -> dict[str, dict]:
-    """Per cell: the main draw's per-epoch histories and best epochs, from records/<cell>.json."""
-    loaded = {}
-    for cell_id in cells:
-        record = read_record(root, cell_id)
-        main = [r for r in record["runs"] if r["subset_seed"] == record["data"]["config"]["subset_seed"]]
-        loaded[cell_id] = {"histories": [run["history"] for run in main],
-                           "best_epochs": [run["best_epoch"] for run in main]}
-    return loaded
+def family(study: str, task: str, cells: dict[str, Cell]) -> list[Cell]:
+    return [cells[c] for c in STUDIES[study] if c.startswith(f"{task}-") and c in cells]
 
 
-# -- tables --------------------------------------------------------------------------
-
-def format_stat(stat: dict, metric: str) -> str:
-    """mean ± std (n), accuracy in percent."""
-    if not stat["n"]:
-        return "–"
-    scale = 100.0 if metric == "accuracy" else 1.0
-    digits = 2 if metric == "accuracy" else 4
-    mean = json_float(stat["mean"]) * scale
-    spread = f" ± {json_float(stat['std']) * scale:.{digits}f}" if stat["std"] is not None else ""
-    return f"{mean:.{digits}f}{spread} ({stat['n']})"
+def reference_of(study: str, task: str, cells: dict[str, Cell]) -> Cell | None:
+    """The recommended cell the others are compared with: the first marked ✅ whose runs learn."""
+    marked = [c for c in family(study, task, cells) if c.cell_id in RECOMMENDED[study]]
+    return next((c for c in marked if c.learns), None)
 
 
-def format_epochs(stat: dict) -> str:
-    if not stat["n"]:
-        return "–"
-    spread = f" ± {stat['std']:.1f}" if stat["std"] is not None else ""
-    return f"{stat['mean']:.1f}{spread}"
+def analyse(cells: dict[str, Cell], published: dict, params: Params, label_summary: dict) -> dict:
+    """Everything the report says, as data: results.json."""
+    results: dict = {"cells": {}, "families": {}, "double_softmax": double_softmax(cells)}
+    for study in (S0, S1, ADDED):
+        for task in TASK_ORDER:
+            members = family(study, task, cells)
+            if not members:
+                continue
+            reference = reference_of(study, task, cells)
+            results["families"][f"{study}/{task}"] = {
+                "cells": [c.cell_id for c in members], "reference": reference.cell_id if reference else None,
+                "comparisons": compare_family(members, reference)}
+    for cell_id, cell in cells.items():
+        entry = cell_entry(cell)
+        entry["published"] = [judge_published(cell, runs[cell_id], params.draws.seeds, label_summary)
+                              for runs in published.values() if cell_id in runs]
+        if cell_id in RELU_CELLS:
+            entry["relu"] = relu_lottery(cell, label_summary)
+        results["cells"][cell_id] = entry
+    return results
 
 
-def _run_links(entry: dict, ui_base_url: str | None, experiment_id: str | None) -> str:
-    ids = entry["runs"]
-    if ui_base_url and experiment_id:
-        base = ui_base_url.rstrip("/")
-        return " ".join(f"[{rid[:8]}]({base}/#/experiments/{experiment_id}/runs/{rid})" for rid in ids)
-    return " ".join(f"`{rid[:8]}`" for rid in ids)
+def cell_entry(cell: Cell) -> dict:
+    return {
+        "task": cell.task, "metric": cell.metric, "seeds": [r.seed for r in cell.runs],
+        "parent_run": cell.record["parent_run_id"], "cell_digest": cell.record["cell_digest"],
+        **cell_summary(cell),
+        "all_match_record": all(r.record["evaluated"]["matches_record"] is not False
+                                for r in cell.runs + cell.draw_runs),
+        "runs": [run_entry(r) for r in cell.runs + cell.draw_runs],
+    }
 
 
-def _published(cell_id: str) -> str:
-    if cell_id not in PUBLISHED:
-        return ""
-    valid, test = PUBLISHED[cell_id]
-    return f"{valid:.2f} / {test:.2f}"
+def run_entry(run) -> dict:
+    keys = ("run_id", "config_digest", "status", "error", "valid_best", "test", "best_epoch", "epochs_run")
+    return {"seed": run.seed, "subset_seed": run.subset_seed, "mode": run.outcome.mode,
+            "detail": run.outcome.detail, **{k: run.record[k] for k in keys}}
 
 
-def table_rows(study: str, cells: list[str], results: dict, ui_base_url, experiment_id) -> list[str]:
-    metric = results["cells"][cells[0]]["metric"]
-    unit = "accuracy %" if metric == "accuracy" else "MSE, lower is better"
-    rows = [
-        f"| cell | seed's mark | valid best ({unit}) | test ({unit}) | best epoch | "
-        "seed 000 published (valid / test) | MLflow runs | config digest |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for cell_id in cells:
-        entry = results["cells"][cell_id]
-        mark = "✅" if recommended_in(cell_id, study) else "❌"
-        if not entry["test"]["n"]:
-            valid, test, epochs = "**failed**", f"**failed**: {entry['error']}", "–"
+def double_softmax(cells: dict[str, Cell]) -> list[dict]:
+    rows, tested = [], []
+    for source, correct in DOUBLE_SOFTMAX_PAIRS:
+        if source not in cells or correct not in cells:
+            continue
+        a, b = cells[source], cells[correct]
+        row = {"source": source, "correct": correct,
+               "epoch1_valid": [_median_at_epoch(c, 1) for c in (a, b)],
+               "best_epoch": [_median([r.record["best_epoch"] for r in c.runs]) for c in (a, b)]}
+        difference = welch_difference(b.values(), a.values()) if a.learns and b.learns else None
+        if difference:
+            row.update(estimate=difference.estimate, ci=[difference.low, difference.high], p=difference.p_value)
+            tested.append(row)
         else:
-            valid, test = format_stat(entry["valid_best"], metric), format_stat(entry["test"], metric)
-            epochs = format_epochs(entry["best_epoch"])
-            if entry["status"] == "failed":
-                test += f" ⚠ {entry['error']}"
-        rows.append(
-            f"| `{cell_id}` | {mark} | {valid} | {test} | {epochs} | {_published(cell_id)} | "
-            f"{_run_links(entry, ui_base_url, experiment_id)} | `{entry['cell_digest'][:12]}` |"
-        )
+            row["reason"] = f"not both all learned ({format_modes(a.modes)}; {format_modes(b.modes)})"
+        rows.append(row)
+    for row, adjusted in zip(tested, holm([r["p"] for r in tested])):
+        row["p_holm"] = adjusted
     return rows
 
 
-def study_cells(study: str, task: str, results: dict) -> list[str]:
-    return [c for c in STUDIES[study] if c.startswith(f"{task}-") and c in results["cells"]]
+def _median(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
 
 
-def reference_cell(study: str, task: str, results: dict) -> str | None:
-    """The recommended cell the others are compared with (the first one marked ✅)."""
-    marked = [c for c in STUDIES[study] if c.startswith(f"{task}-") and c in RECOMMENDED[study]]
-    usable = [c for c in marked if c in results["cells"] and results["cells"][c]["test"]["n"]]
-    return usable[0] if usable else None
+def _median_at_epoch(cell: Cell, epoch: int) -> float | None:
+    values = [json_float(row["valid_metric"]) for r in cell.runs for row in r.record["history"]
+              if row["epoch"] == epoch]
+    return _median(values)
 
 
-# -- sections ------------------------------------------------------------------------
+# -- formatting ----------------------------------------------------------------------
 
-def published_section(results: dict) -> list[str]:
-    lines = ["", "## Against seed 000's published numbers", "",
-             "Seed 000 published single runs; here each is compared with our mean over seeds. "
-             "|Δ| > 2 std marks a published value outside two standard deviations of ours.", "",
-             "| cell | published valid | ours valid | Δ valid | published test | ours test | Δ test | |Δ test| > 2 std |",
-             "|---|---|---|---|---|---|---|---|"]
-    for cell_id, (valid, test) in PUBLISHED.items():
-        entry = results["cells"].get(cell_id)
-        if entry is None or not entry["test"]["n"]:
-            lines.append(f"| `{cell_id}` | {valid:.2f} | – | – | {test:.2f} | – | – | – |")
+def fmt(value: float | None, metric: str, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    sign = "+" if signed else ""
+    return f"{value * 100:{sign}.2f}" if metric == "accuracy" else f"{value:{sign}.4f}"
+
+
+def modes_text(cell: Cell) -> str:
+    details = {}
+    for run in cell.runs:
+        details.setdefault(run.outcome.mode, []).append(run.outcome.detail)
+    parts = []
+    for mode, n in cell.modes.items():
+        kinds = sorted(set(details[mode]) - {""}, key=details[mode].count, reverse=True)
+        if mode in (FAILED, DIVERGED):
+            kinds = []  # the error goes under the table
+        shown = f" ({'; '.join(_count(k, details[mode]) for k in kinds[:3])})" if kinds else ""
+        parts.append(f"{n}/{len(cell.runs)} {mode}{shown}")
+    return "; ".join(parts)
+
+
+def _count(kind: str, all_kinds: list[str]) -> str:
+    n = all_kinds.count(kind)
+    return kind if n == len(all_kinds) else f"{n}× {kind}"
+
+
+def value_text(cell: Cell, summary: dict) -> str:
+    """mean ± sd [95% CI] when every run is in one mode; otherwise per mode: median (range)."""
+    metric = cell.metric
+    if not cell.values():
+        return "**failed**: no run has a result"
+    if "mean" in summary:
+        if "sd" not in summary:
+            return fmt(summary["mean"], metric)
+        low, high = summary["ci"]
+        return f"{fmt(summary['mean'], metric)} ± {fmt(summary['sd'], metric)} [{fmt(low, metric)}, {fmt(high, metric)}]"
+    parts = []
+    for mode, stats in summary["per_mode"].items():
+        if not stats["n"]:
             continue
-        ours_valid = json_float(entry["valid_best"]["mean"]) * 100
-        ours_test = json_float(entry["test"]["mean"]) * 100
-        std = json_float(entry["test"]["std"])
-        beyond = "–" if std is None else ("yes" if abs(ours_test - test) > 2 * std * 100 else "no")
-        lines.append(
-            f"| `{cell_id}` | {valid:.2f} | {format_stat(entry['valid_best'], 'accuracy')} | "
-            f"{ours_valid - valid:+.2f} | {test:.2f} | {format_stat(entry['test'], 'accuracy')} | "
-            f"{ours_test - test:+.2f} | {beyond} |")
-    return lines
+        spread = "" if stats["n"] == 1 else f" ({fmt(stats['min'], metric)}–{fmt(stats['max'], metric)})"
+        parts.append(f"{mode}: {fmt(stats['median'], metric)}{spread}")
+    return "; ".join(parts)
 
 
-def double_softmax_section(results: dict, histories: dict) -> list[str]:
-    lines = ["", "## The source's own misuse: softmax followed by nn.CrossEntropyLoss", "",
-             "Seed 000's \"categorical cross-entropy with softmax\" fed the softmax output into "
-             "`nn.CrossEntropyLoss`, which applies (log-)softmax again: the loss sees "
-             "softmax(softmax(z)). The `logits` cells give the loss the raw logits, the correct "
-             "idiom (and `BCEWithLogitsLoss` for the sigmoid cells). Does the double softmax cost "
-             "accuracy or speed of learning here?", "",
-             "| as the source did | correct idiom | test (source) | test (correct) | Δ test, Welch | "
-             "best epoch (source → correct) | valid at epoch 1 (source → correct) |",
-             "|---|---|---|---|---|---|---|"]
-    for source, correct in DOUBLE_SOFTMAX_PAIRS:
-        if source not in results["cells"] or correct not in results["cells"]:
-            continue
-        a, b = results["cells"][source], results["cells"][correct]
-        if not (a["test"]["n"] and b["test"]["n"]):
-            continue
-        comparison = compare(correct, source, results)
-        first = [diagnostics.value_at(histories[c]["histories"], "valid_metric", lambda i: 1)
-                 for c in (source, correct)]
-        lines.append(
-            f"| `{source}` | `{correct}` | {format_stat(a['test'], a['metric'])} | "
-            f"{format_stat(b['test'], b['metric'])} | "
-            f"{format_metric(comparison.difference, a['metric'], signed=True)}, {format_p(comparison.p_value)} | "
-            f"{format_epochs(a['best_epoch'])} → {format_epochs(b['best_epoch'])} | "
-            f"{_pct(first[0])} → {_pct(first[1])} |")
-    return lines
+def epochs_text(cell: Cell) -> str:
+    """Median best epoch; "never improved" for constant or dead runs kept at epoch 1."""
+    stuck = [r for r in cell.runs if r.outcome.mode in (CONSTANT, DEAD_RELU) and r.record["best_epoch"] == 1]
+    others = [r.record["best_epoch"] for r in cell.runs if r not in stuck and r.record["best_epoch"]]
+    parts = []
+    if others:
+        parts.append(f"{statistics.median(others):g} ({min(others)}–{max(others)})")
+    if stuck:
+        parts.append(f"{len(stuck)}/{len(cell.runs)} never improved after epoch 1")
+    return "; ".join(parts) or "–"
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{value * 100:.2f}%"
+def published_text(cell_id: str, study: str, published: dict) -> str:
+    found = published[study].get(cell_id)
+    if found is None:
+        return ""
+    metric = "mse" if cell_id.startswith("regression") else "accuracy"
+    return f"{fmt(found.valid, metric)} / {fmt(found.test, metric)}"
 
 
-def diagnostics_sections(results: dict, histories: dict, label_summary: dict, figure_dir: Path) -> list[str]:
-    test_labels = label_summary["test"]
-    targets_per_image = {"multilabel": sum(test_labels["multilabel"]["positive_share_per_output"]),
-                         "multiclass": 1.0, "binary": 1.0, "probability": None}
-    lines = ["", "## Diagnostics: why the failing configurations fail", "",
-             "Logged every epoch on the valid set (outputs) and the training batches (gradient "
-             "norms, mean over the epoch's steps); values are means over seeds at epoch 1 and at "
-             "the last epoch each seed ran (where its training ended up). The statements under each table appear only when the numbers "
-             "support them."]
-    for number, section in enumerate(diagnostics.SECTIONS, 1):
-        cells = [c for c in (section.reference, *section.cells) if c in results["cells"]]
-        if len(cells) < 2:
-            continue
-        snaps = {c: diagnostics.snapshot(histories[c]["histories"], section.keys) for c in cells}
-        task = results["cells"][cells[0]]["task"]
-        lines += ["", f"### {section.title}", "", f"The seed's explanation: {section.guess}.", "",
-                  *diagnostics.table(section, snaps), ""]
-        failed = [f"`{c}` failed: {results['cells'][c]['error']}" for c in cells if not results["cells"][c]["test"]["n"]]
-        found = diagnostics.statements(section, snaps, targets_per_image.get(task)) + failed
-        lines += [f"- {text}" for text in found] or ["- No diagnostic separates these cells from the recommended one."]
-        path = figure_dir / f"diagnostics-{number}.png"
-        figures.diagnostic_panels(section.title, list(section.keys),
-                                  {c: histories[c]["histories"] for c in cells}, path)
-        lines += ["", f"![{section.title}]({FIGURES}/{path.name})"]
-    return lines
-
-
-# -- report --------------------------------------------------------------------------
-
-def render_report(results: dict, params: Params, histories: dict, label_summary: dict,
-                  figure_dir: Path, experiment_id: str | None) -> str:
-    task_baselines: dict[str, Baseline] = baselines(label_summary)
-    lines = [
-        "# Loss functions and final activations that do not fit the task",
-        "",
-        f"The CNN of STUDY.md on MNIST ({params.data.n_train} train / {params.data.n_valid} valid / "
-        f"{params.data.n_test} test images), seeds {params.seeds}, AdamW lr {params.protocol.lr}, "
-        f"batch {params.protocol.batch_size}, early stopping with patience {params.protocol.patience} "
-        "on the valid metric; test metrics from each seed's best-valid checkpoint. Values are "
-        "mean ± sample std over seeds (n = seeds with a result). Accuracy in percent; MSE in the "
-        "target's original units (strokes²). Differences against a task's recommended cell are "
-        f"tested with Welch's t-test over seeds (two-sided, α = {ALPHA}).",
-        "",
-        "Generated by `dvc repro` (stage `report`) from `metrics/*.json`, `models/*/record.json` and "
-        "`data/labels/summary.json`; nothing here is typed by hand. `misfit audit <cell>` shows "
-        "everything behind a row.",
-    ]
-    links = (params.tracking.ui_base_url, experiment_id)
-    for study in STUDIES:
-        if not any(study_cells(study, task, results) for task in TASK_ORDER):
-            continue
-        lines += ["", f"## {STUDY_TITLES[study]}"]
-        if study == ADDED:
-            cells = [c for task in TASK_ORDER for c in study_cells(study, task, results)]
-            if cells:
-                lines += ["", *table_rows(study, cells, results, *links), "",
-                          "Each is compared with the way the seeds wrote it in "
-                          "[the source's own misuse](#the-sources-own-misuse-softmax-followed-by-nncrossentropyloss)."]
-        for task in TASK_ORDER if study != ADDED else ():
-            cells = study_cells(study, task, results)
-            if not cells:
-                continue
-            lines += ["", f"### {study} · {task}", "", *table_rows(study, cells, results, *links), "",
-                      task_finding(cells, reference_cell(study, task, results), results, task_baselines[task])]
-        groups = {t: [(c, results["cells"][c]) for c in study_cells(study, t, results)] for t in TASK_ORDER}
-        if any(groups.values()):
-            path = figure_dir / f"test-{study.lower()}.png"
-            figures.test_bars(STUDY_TITLES[study], groups, path)
-            lines += ["", f"![{STUDY_TITLES[study]}]({FIGURES}/{path.name})"]
-    lines += published_section(results)
-    lines += double_softmax_section(results, histories)
-    lines += diagnostics_sections(results, histories, label_summary, figure_dir)
-    lines += ["", "## Learning curves", ""]
-    for task in TASK_ORDER:
-        cells = [c for c in results["cells"] if results["cells"][c]["task"] == task]
-        if not cells:
-            continue
-        path = figure_dir / f"curves-{task}.png"
-        figures.learning_curves(task, results["cells"][cells[0]]["metric"],
-                                {c: histories[c]["histories"] for c in cells}, path)
-        lines += [f"![{task} learning curves]({FIGURES}/{path.name})", ""]
-    return "\n".join(lines).rstrip() + "\n"
+def run_ids(cell: Cell, links: tuple[str | None, str | None]) -> str:
+    """The main draw's run ids; links into the MLflow UI when tracking.ui_base_url is set."""
+    base, experiment_id = links
+    ids = [r.record["run_id"] for r in cell.runs]
+    if base and experiment_id:
+        return " ".join(f"[{i[:8]}]({base.rstrip('/')}/#/experiments/{experiment_id}/runs/{i})" for i in ids)
+    return " ".join(f"`{i[:8]}`" for i in ids)
 
 
 def experiment_id_of(root: Path, params: Params) -> str | None:
@@ -290,13 +226,299 @@ def experiment_id_of(root: Path, params: Params) -> str | None:
     return open_experiment(root, params.tracking.experiment)[1]
 
 
+# -- sections ------------------------------------------------------------------------
+
+def study_table(study: str, members: list[Cell], results: dict, published: dict, links) -> list[str]:
+    metric = members[0].metric
+    unit = "accuracy %" if metric == "accuracy" else "MSE, strokes²; lower is better"
+    source = f" {SOURCES[study]} (valid / test) |" if study in SOURCES else ""
+    rows = [f"| cell | seed's mark | outcomes (main draw) | test ({unit}) | valid best | best epoch |{source} "
+            "MLflow runs | config digest |",
+            "|---|---|---|---|---|---|" + ("---|" if source else "") + "---|---|"]
+    for cell in members:
+        entry = results["cells"][cell.cell_id]
+        valid = cell_summary_valid(cell)
+        mark = "✅" if recommended_in(cell.cell_id, study) else "❌"
+        pub = f" {published_text(cell.cell_id, study, published)} |" if source else ""
+        rows.append(f"| `{cell.cell_id}` | {mark} | {modes_text(cell)} | {value_text(cell, entry)} | {valid} | "
+                    f"{epochs_text(cell)} |{pub} {run_ids(cell, links)} | `{entry['cell_digest'][:12]}` |")
+    return rows
+
+
+def cell_summary_valid(cell: Cell) -> str:
+    values = [json_float(r.record["valid_best"]) for r in cell.runs if r.test is not None]
+    if not values:
+        return "–"
+    return f"{fmt(statistics.median(values), cell.metric)} (median)"
+
+
+def family_finding(study: str, task: str, results: dict, cells: dict[str, Cell], baseline) -> list[str]:
+    info = results["families"][f"{study}/{task}"]
+    lines = []
+    reference = info["reference"]
+    tested = {c: v for c, v in info["comparisons"].items() if v["test"]}
+    untested = {c: v for c, v in info["comparisons"].items() if not v["test"]}
+    metric = cells[info["cells"][0]].metric
+    unit = "points" if metric == "accuracy" else "strokes²"
+    if reference and tested:
+        lines.append(f"Against the recommended `{reference}` (Δ = cell − recommended on test, in {unit}; "
+                     f"Welch's 95% interval; p Holm-adjusted over the {len(tested)} comparison(s) of this table):")
+        for cell_id, c in tested.items():
+            low, high = c["ci"]
+            interval = f"Δ {fmt(c['estimate'], metric, True)} [{fmt(low, metric, True)}, {fmt(high, metric, True)}]"
+            n = "/".join(str(k) for k in c["n"])
+            if c["detected"]:
+                verdict = f"differs (p_Holm = {_p(c['p_holm'])}, n = {n})"
+            else:
+                verdict = f"no difference detected at n = {n} (p_Holm = {_p(c['p_holm'])}; the interval is what the data allow)"
+            lines.append(f"- `{cell_id}`: {interval}: {verdict}.")
+    elif reference is None:
+        lines.append("No recommended cell of this table has every run learned, so nothing is compared with it.")
+    for cell_id, c in untested.items():
+        lines.append(f"- `{cell_id}`: not tested — {c['reason']}.")
+    for cell_id in info["cells"]:
+        cell = cells[cell_id]
+        errors = sorted({r.outcome.detail for r in cell.runs if r.outcome.mode in (FAILED, DIVERGED)})
+        for error in errors:
+            which = [str(r.seed) for r in cell.runs if r.outcome.detail == error]
+            lines.append(f"- `{cell_id}` seed(s) {', '.join(which)}: {error}.")
+    lines.append(f"- The best constant answer ({baseline.text}) scores {fmt(baseline.value, metric)} on test.")
+    return lines
+
+
+def _p(value: float) -> str:
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def published_section(results: dict, cells: dict[str, Cell], params: Params) -> list[str]:
+    lines = ["", "## Against the published single runs", "",
+             "Each source published one run per cell, from a data draw of its own. A single new run "
+             "varies with the seed *and* the draw, so each published test value is set against a 95% "
+             f"prediction interval for one new run on a new draw, from our runs on {1 + len(params.draws.subset_seeds)} "
+             f"draws (the main one and `draws.subset_seeds` {params.draws.subset_seeds}) × seeds "
+             f"{params.draws.seeds} (one-way random-effects ANOVA: draw and seed variance). "
+             "Where our runs split into modes, there is no single interval: the published value is "
+             "matched to the mode whose range it falls in.", ""]
+    for study in (S0, S1):
+        lines += [f"### {SOURCES[study]}", "",
+                  "| cell | published valid / test | our runs (draws × seeds): outcomes | 95% prediction interval "
+                  "(σ draw, σ seed) | inside | explanation |", "|---|---|---|---|---|---|"]
+        for cell_id, entry in results["cells"].items():
+            for judged in entry["published"]:
+                if judged["source"] != SOURCES[study]:
+                    continue
+                metric = cells[cell_id].metric
+                interval = judged["interval"]
+                pi = (f"[{fmt(interval['low'], metric)}, {fmt(interval['high'], metric)}] "
+                      f"({fmt(interval['sd_draw'], metric)}, {fmt(interval['sd_seed'], metric)})") if interval else "–"
+                lines.append(f"| `{cell_id}` | {fmt(judged['valid'], metric)} / {fmt(judged['test'], metric)} | "
+                             f"{judged['draws']} × {judged['runs'] // max(1, judged['draws'])}: "
+                             f"{format_modes(judged['modes'])} | {pi} | {'yes' if judged['inside'] else '**no**'} | "
+                             f"{judged.get('explanation') or ''} |")
+        lines.append("")
+    return lines
+
+
+def relu_section(results: dict, cells: dict[str, Cell]) -> list[str]:
+    lines = ["", "## The ReLU regression cells are a lottery", "",
+             "At initialisation the final pre-activation is nearly the same for every image, so a ReLU "
+             "output starts either live for (nearly) all images or dead for all; a dead one passes no "
+             "gradient and never recovers, and AdamW's first steps kill some of the live ones. Survival = "
+             "runs whose ReLU is live at the kept checkpoint, with a Wilson 95% interval."]
+    for cell_id in RELU_CELLS:
+        if cell_id not in results["cells"]:
+            continue
+        relu = results["cells"][cell_id]["relu"]
+        survival = relu["survival"]
+        low, high = survival["ci"]
+        lines += ["", f"### `{cell_id}`", "",
+                  f"- Survived: **{survival['alive']}/{survival['n']}** ({survival['alive'] / survival['n']:.0%}, "
+                  f"95% CI {low:.0%}–{high:.0%}); seeds {relu['survivors']}.",
+                  f"- Dead: {relu['dead_at_init']} at initialisation, {relu['died_in_training']} in training; "
+                  f"their test MSE {_range_text(relu['dead_test'])}."]
+        if survival["alive"]:
+            lines.append(f"- The live runs end as {format_modes(relu['alive_modes'])}; test MSE "
+                         f"{_range_text(relu['alive_test'])}.")
+        if "clip_bound" in relu:
+            lines.append(f"- The best a z-scored ReLU output can score (the train mean for every target below "
+                         f"it, every other target exact): test MSE {relu['clip_bound']:.4f}.")
+        if "zero_mse" in relu:
+            lines.append(f"- Always predicting 0 (a dead raw-target ReLU) scores {relu['zero_mse']:.4f}.")
+    return lines
+
+
+def _range_text(summary: dict) -> str:
+    if not summary["n"]:
+        return "–"
+    if summary["n"] == 1:
+        return f"{summary['median']:.4f}"
+    return f"median {summary['median']:.4f} ({summary['min']:.4f}–{summary['max']:.4f}, n = {summary['n']})"
+
+
+def double_softmax_section(results: dict, cells: dict[str, Cell]) -> list[str]:
+    lines = ["", "## The source's own misuse: softmax followed by nn.CrossEntropyLoss", "",
+             "Seed 000's \"categorical cross-entropy with softmax\" fed the softmax output into "
+             "`nn.CrossEntropyLoss`, which applies (log-)softmax again. The `logits` cells give the loss "
+             "the raw logits (and `BCEWithLogitsLoss` for the sigmoid cells). Δ = correct − source on test, "
+             "Welch's 95% interval, p Holm-adjusted over the pairs tested.", "",
+             "| as the source did | correct idiom | Δ test [95% CI] | p_Holm | median best epoch (source → correct) | "
+             "median valid at epoch 1 (source → correct) |", "|---|---|---|---|---|---|"]
+    for row in results["double_softmax"]:
+        metric = cells[row["source"]].metric
+        if "ci" in row:
+            delta = f"{fmt(row['estimate'], metric, True)} [{fmt(row['ci'][0], metric, True)}, {fmt(row['ci'][1], metric, True)}]"
+            p = _p(row["p_holm"])
+        else:
+            delta, p = row["reason"], "–"
+        epochs = " → ".join("–" if e is None else f"{e:g}" for e in row["best_epoch"])
+        first = " → ".join(fmt(v, metric) for v in row["epoch1_valid"])
+        lines.append(f"| `{row['source']}` | `{row['correct']}` | {delta} | {p} | {epochs} | {first} |")
+    return lines
+
+
+def diagnostics_sections(cells: dict[str, Cell], results: dict, label_summary: dict, figure_dir: Path) -> list[str]:
+    test_labels = label_summary["test"]
+    targets_per_image = {"multilabel": sum(test_labels["multilabel"]["positive_share_per_output"]),
+                         "multiclass": 1.0, "binary": 1.0}
+    lines = ["", "## Diagnostics: how the failing runs fail", "",
+             "Grouped by what happened to the runs, not by configuration. Each row is one cell's runs in "
+             "that mode (never an average across modes), next to the recommended cell's runs, with the "
+             "diagnostics logged on the valid set every epoch (gradient norms: mean over the epoch's "
+             "steps) at epoch 1 → the last epoch each run trained. Statements appear only when the "
+             "numbers support them."]
+    number = 0
+    for mode, title in FAILURE_SECTIONS:
+        for section in diagnostics.sections_for(mode, title):
+            regression = section.keys == diagnostics.REGRESSION_KEYS
+            affected = [c for c in cells.values() if (c.task == "regression") == regression
+                        and any(r.outcome.mode == mode for r in c.runs)]
+            if not affected:
+                continue
+            number += 1
+            groups, statements = {}, []
+            references = _references(affected, cells)
+            for ref in references.values():
+                if ref is not None:
+                    groups[f"`{ref.cell_id}` (recommended, learned)"] = [r.record["history"] for r in ref.runs]
+            for cell in affected:
+                runs = [r for r in cell.runs if r.outcome.mode == mode]
+                label = f"`{cell.cell_id}` ({len(runs)}/{len(cell.runs)} {mode})"
+                groups[label] = [r.record["history"] for r in runs]
+                snap = diagnostics.snapshot(groups[label], section.keys)
+                ref = references[cell.task]
+                ref_snap = diagnostics.snapshot([r.record["history"] for r in ref.runs], section.keys) if ref else None
+                statements += diagnostics.statements(cell.cell_id, snap, ref_snap, targets_per_image.get(cell.task))
+            snaps = {label: diagnostics.snapshot(h, section.keys) for label, h in groups.items()}
+            lines += ["", f"### {section.title}", "", *diagnostics.table(section, snaps), ""]
+            guesses = {diagnostics.seed_guess(c.cell_id) for c in affected} - {None}
+            lines += [f"- The seeds' explanation: {g}." for g in sorted(guesses)]
+            lines += [f"- {s}" for s in statements]
+            path = figure_dir / f"diagnostics-{number}.png"
+            figures.diagnostic_panels(section.title, list(section.keys), groups, path)
+            lines += ["", f"![{section.title}]({FIGURES}/{path.name})"]
+    return lines
+
+
+def _references(affected: list[Cell], cells: dict[str, Cell]) -> dict[str, Cell | None]:
+    return {task: reference_of(S0, task, cells) or reference_of(S1, task, cells)
+            for task in {c.task for c in affected}}
+
+
+def per_run_section(cells: dict[str, Cell]) -> list[str]:
+    lines = ["", "## Every run", "",
+             "Test value and outcome of every run; `d<k>` marks a run on a further data draw "
+             "(`data.subset_seed` k). Run ids resolve with `misfit audit <id>`.", "",
+             "| cell | runs: seed value (mode) |", "|---|---|"]
+    for cell in cells.values():
+        parts = []
+        for run in cell.runs + cell.draw_runs:
+            draw = f"d{run.subset_seed}/" if run in cell.draw_runs else ""
+            parts.append(f"{draw}{run.seed}: {fmt(run.test, cell.metric)} ({run.outcome.mode})")
+        lines.append(f"| `{cell.cell_id}` | {'; '.join(parts)} |")
+    return lines
+
+
+# -- report --------------------------------------------------------------------------
+
+def render_report(cells: dict[str, Cell], results: dict, published: dict, params: Params,
+                  label_summary: dict, figure_dir: Path, experiment_id: str | None = None) -> str:
+    links = (params.tracking.ui_base_url, experiment_id)
+    task_baselines = baselines(label_summary)
+    seeds = params.seeds
+    lines = [
+        "# Loss functions and final activations that do not fit the task",
+        "",
+        f"The CNN of STUDY.md on MNIST ({params.data.n_train} train / {params.data.n_valid} valid / "
+        f"{params.data.n_test} test images, draw `data.subset_seed` = {params.data.subset_seed}), seeds {seeds} "
+        f"(the ReLU regression cells: {len(params.seeds_of(RELU_CELLS[0])) if RELU_CELLS[0] in params.cells else '–'}), "
+        f"AdamW lr {params.protocol.lr}, batch {params.protocol.batch_size}, early stopping with patience "
+        f"{params.protocol.patience} on the valid metric; test metrics from each run's best-valid checkpoint, "
+        "scored again with the reference model. Accuracy in percent; MSE in strokes².",
+        "",
+        "**How to read the tables.** Every run is first given an outcome mode from what it logged "
+        "(`misfit/modes.py`): `learned`; `constant` (one answer for ≥ 99% of the valid images, or "
+        "predictions with < 5% of the targets' spread: which answer is named); `dead-relu` (a ReLU "
+        "output that is 0 for ≥ 99% of the images); `worse-than-constant` (varied answers that score no "
+        "better than the best constant answer); `diverged` (a non-finite loss or metric); `failed` "
+        "(an error, no result). Where every run of a cell is in one mode the test column gives mean ± "
+        "sd [95% t interval of the mean]; otherwise each mode's median (range). Comparisons are "
+        "differences with 95% intervals and Holm-adjusted p-values, only between cells whose runs all "
+        "learned; a p above 0.05 means no difference was *detected* at this n, not that there is none.",
+        "",
+        "Generated by `dvc repro` (stage `report`) from `records/*.json`, `data/labels/summary.json` and "
+        "`reference/author_s1.json`; nothing here is typed by hand. `misfit audit <cell or run id>` shows "
+        "everything behind a row.",
+    ]
+    for study in STUDIES:
+        members_by_task = {t: family(study, t, cells) for t in TASK_ORDER}
+        if not any(members_by_task.values()):
+            continue
+        lines += ["", f"## {STUDY_TITLES[study]}"]
+        for task, members in members_by_task.items():
+            if not members:
+                continue
+            lines += ["", f"### {study} · {task}", "", *study_table(study, members, results, published, links), "",
+                      *family_finding(study, task, results, cells, task_baselines[task])]
+        path = figure_dir / f"test-{study.lower()}.png"
+        figures.test_points(STUDY_TITLES[study], {
+            t: [(c.cell_id, [(r.test, r.outcome.mode) for r in c.runs]) for c in m]
+            for t, m in members_by_task.items()}, path)
+        lines += ["", f"![{STUDY_TITLES[study]}]({FIGURES}/{path.name})"]
+    lines += relu_section(results, cells)
+    lines += published_section(results, cells, params)
+    lines += double_softmax_section(results, cells)
+    lines += diagnostics_sections(cells, results, label_summary, figure_dir)
+    lines += learning_curve_section(cells, figure_dir)
+    lines += per_run_section(cells)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def learning_curve_section(cells: dict[str, Cell], figure_dir: Path) -> list[str]:
+    lines = ["", "## Learning curves", ""]
+    for task in TASK_ORDER:
+        members = [c for c in cells.values() if c.task == task]
+        if not members:
+            continue
+        curves = {}
+        for cell in members:
+            if cell.modes:
+                common = max(cell.modes, key=cell.modes.get)
+                curves[f"{cell.cell_id} ({common})"] = [r.record["history"] for r in cell.runs
+                                                        if r.outcome.mode == common]
+        path = figure_dir / f"curves-{task}.png"
+        figures.learning_curves(task, members[0].metric, curves, path)
+        lines += [f"![{task} learning curves]({FIGURES}/{path.name})", ""]
+    return lines
+
+
 def write_report(root: Path = Path(".")) -> None:
     params = load_params(root / PARAMS_FILE)
-    results = collect_results(root, params)
-    histories = load_histories(root, params.cells)
     label_summary = read_json(root / LABELS_DIR / "summary.json")
+    cells = load_cells(root, params, label_summary)
+    published = published_runs(root)
+    results = analyse(cells, published, params, label_summary)
     with atomic_dir(root / REPORTS_DIR / FIGURES) as figure_dir:
-        report = render_report(results, params, histories, label_summary, figure_dir,
+        report = render_report(cells, results, published, params, label_summary, figure_dir,
                                experiment_id_of(root, params))
         n_figures = len(list(figure_dir.glob("*.png")))
     write_json_atomic(root / REPORTS_DIR / "results.json", results)

@@ -152,12 +152,28 @@ class CellStage:
         return CellRuns(client, experiment_id, self.cell_id, children, tags, params)
 
 
+class Phases:
+    """Wall seconds of each part of the stage, for the record (bench/overhead.py reads them)."""
+
+    def __init__(self, started: float):
+        self.seconds: dict[str, float] = {}
+        self.last = started
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self.last
+        self.last = now
+
+
 def train_cell(cell_id: str, root: Path = Path(".")) -> Path:
     started = time.perf_counter()
+    phases = Phases(started)
     stage = CellStage(cell_id, root)
+    phases.done("params_data_check")
     tags = {**run_tags(cell_id, stage.cell, root, stage.device, stage.digest),
             "data_sha256": stage.manifests[stage.main]["dataset_sha256"]}
     runs = stage.open_runs(tags)
+    phases.done("tracking_open_and_create_runs")
     print(f"{cell_id}: {len(stage.members)} run(s) on {stage.device}, parent run {runs.parent_id}", flush=True)
 
     from misfit.tracking import killed_on_signal
@@ -165,9 +181,11 @@ def train_cell(cell_id: str, root: Path = Path(".")) -> Path:
     with killed_on_signal([runs]):
         try:
             log_run_inputs(stage, runs)
+            phases.done("tracking_summary_and_inputs")
             trainer = CellTrainer(stage.cell, stage.params.protocol, stage.members, stage.draws, stage.device)
             outcomes = trainer.run(lambda epoch, outcomes: log_epoch(stage, runs, epoch, outcomes))
-            return write_outputs(stage, runs, outcomes, tags, started)
+            phases.done("training")
+            return write_outputs(stage, runs, outcomes, tags, started, phases)
         except BaseException:
             runs.close_all("FAILED")
             raise
@@ -208,7 +226,8 @@ def rescore(stage: CellStage, outcome: SeedOutcome, checkpoint: Path) -> dict:
     return {"valid_best": valid, "test": test, "matches_record": agrees(outcome.best_valid, valid)}
 
 
-def write_outputs(stage: CellStage, runs, outcomes: list[SeedOutcome], tags: dict, started: float) -> Path:
+def write_outputs(stage: CellStage, runs, outcomes: list[SeedOutcome], tags: dict, started: float,
+                  phases: Phases) -> Path:
     root, cell_id, metric = stage.root, stage.cell_id, stage.metric
     out_dir = root / MODELS_DIR / cell_id
     records = []
@@ -238,13 +257,14 @@ def write_outputs(stage: CellStage, runs, outcomes: list[SeedOutcome], tags: dic
             runs.close(member, "FINISHED" if outcome.status == "ok" else "FAILED")
         metrics = cell_metrics(records, stage.main)
         _log_parent_summary(runs, records, metrics, metric)
+        phases.done("scoring_checkpoints_and_closing_runs")
         write_json_atomic(root / RECORDS_DIR / f"{cell_id}.json", {
             "cell_id": cell_id, "cell": stage.cell.model_dump(), "task": stage.cell.task, "metric": metric,
             "protocol": stage.params.protocol.model_dump(), "data": stage.identities[stage.main],
             "draws": {str(d): stage.identities[d] for d in stage.subset_seeds[1:]},
             "seeds": stage.params.seeds_of(cell_id), "experiment": stage.params.tracking.experiment,
             "parent_run_id": runs.parent_id, "cell_digest": stage.digest, "tags": tags,
-            "seconds": time.perf_counter() - started, "runs": records,
+            "seconds": time.perf_counter() - started, "phases": phases.seconds, "runs": records,
         })
         write_json_atomic(root / METRICS_DIR / f"{cell_id}.json", metrics)
     print(f"{cell_id}: test {metric} {metrics['test']}", flush=True)
