@@ -16,7 +16,7 @@ from conftest import base_env, digit_images, make_project, run, small_params, sy
 from misfit.config import CellConfig, ProtocolConfig
 from misfit.data import CellData, Split
 from misfit.tasks import derive_targets
-from misfit.training import CellTrainer
+from misfit.training import CellTrainer, Member
 
 CPU = torch.device("cpu")
 CELLS = {
@@ -115,6 +115,22 @@ def test_seeds_batched_equal_seeds_alone(cell_id):
         assert_same_outcome(outcome, alone, f"{cell_id} seed {outcome.seed}")
 
 
+def test_runs_on_different_draws_batched_equal_each_run_alone():
+    """A cell's runs on two data draws (different train, valid and z-score statistics)
+    trained as one batched model: each (draw, seed) run equals that run trained alone."""
+    cell = cell_config("regression-none-mse-zscore")
+    draws = {0: synthetic_cell_data(cell.task, seed=0), 7: synthetic_cell_data(cell.task, seed=7)}
+    members = [Member(0, 0), Member(0, 1), Member(7, 0)]
+    batched = CellTrainer(cell, protocol(max_epochs=4, patience=4), members, draws, CPU).run()
+    assert batched[0].history[-1]["valid_metric"] != batched[2].history[-1]["valid_metric"]
+    for member, outcome in zip(members, batched):
+        (alone,) = CellTrainer(cell, protocol(max_epochs=4, patience=4), [member],
+                               {member.subset_seed: draws[member.subset_seed]}, CPU).run()
+        assert outcome.subset_seed == alone.subset_seed == member.subset_seed
+        assert outcome.initial == alone.initial
+        assert_same_outcome(outcome, alone, f"draw {member.subset_seed} seed {member.seed}")
+
+
 def test_train_stage_twice_gives_identical_records(tmp_path):
     """`dvc repro -f train@<cell>` twice in a real project: the records differ only in run ids
     and wall-clock times; every epoch of every seed and every checkpoint tensor is equal."""
@@ -127,18 +143,18 @@ def test_train_stage_twice_gives_identical_records(tmp_path):
     def train_stage() -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
         run(["dvc", "repro", "-f", f"train@{cell}"], project, env)
         directory = project / "models" / cell
-        record = json.loads((directory / "record.json").read_text())
+        record = json.loads((project / "records" / f"{cell}.json").read_text())
         states = {p.name: torch.load(p, weights_only=True) for p in sorted(directory.glob("*.pt"))}
         return record, states
 
     first, first_states = train_stage()
     second, second_states = train_stage()
     assert first["parent_run_id"] != second["parent_run_id"]  # really trained twice
-    assert len(first["runs"]) == 2 and all(r["status"] == "ok" for r in first["runs"])
+    assert len(first["runs"]) == 3 and all(r["status"] == "ok" for r in first["runs"])  # 2 seeds + 1 on a further draw
     for a, b in zip(first["runs"], second["runs"]):
         assert a["run_id"] != b["run_id"]
-        for key in ("seed", "config_digest", "status", "error", "best_epoch", "valid_best", "test",
-                    "epochs_run", "checkpoint"):
+        for key in ("seed", "subset_seed", "config_digest", "status", "error", "best_epoch", "valid_best",
+                    "test", "epochs_run", "checkpoint", "evaluated", "initial"):
             assert a[key] == b[key], key
         assert without_time(a["history"]) == without_time(b["history"])
     assert first["cell_digest"] == second["cell_digest"]

@@ -131,7 +131,8 @@ def story(tmp_path_factory):
     manifest = synthetic_mnist(tmp / "mirror")
     env = base_env(MNIST_MIRROR=str(tmp / "mirror"), MNIST_MANIFEST=str(manifest))
     # long enough that a kill lands mid-training, short enough for the rerun
-    project = make_project(tmp / "project", small_params(CELLS, protocol__max_epochs=10, protocol__patience=10))
+    project = make_project(tmp / "project", small_params(CELLS, protocol__max_epochs=10, protocol__patience=10,
+                                                          draws__subset_seeds=[]))
     seen = {"project": project, "env": env}
     first_cell = None
 
@@ -223,7 +224,7 @@ def test_a_crash_of_dvc_itself_is_healed_by_the_rerun(story):
     assert not paths_of(story["rwlock_after"]["write"], dead)
     # ... but DVC drops a dead reader only when a writer wants its path: read entries on
     # files no stage writes (code, params) stay behind, and block nothing
-    outputs = {"data/raw", "data/split", "data/labels", "metrics", "reports", "models"}
+    outputs = {"data/raw", "data/split", "data/labels", "records", "metrics", "reports", "models"}
     for path in paths_of(story["rwlock_after"]["read"], dead):
         relative = os.path.relpath(path, story["project"])
         assert not any(relative == o or relative.startswith(o + "/") for o in outputs), relative
@@ -240,12 +241,12 @@ def test_after_the_rerun_no_run_is_running_and_the_report_points_at_closed_runs(
     results = json.loads((project / "reports" / "results.json").read_text())["cells"]
     assert sorted(results) == sorted(CELLS)
     for cell, entry in results.items():
-        referenced = [*entry["runs"], entry["parent_run"]]
-        assert len(referenced) == 3
+        referenced = [*(r["run_id"] for r in entry["runs"]), entry["parent_run"]]
+        assert len(referenced) == 1 + len(entry["runs"]) and len(entry["runs"]) >= 2
         for run_id in referenced:
             assert statuses.get(run_id) in ("FINISHED", "FAILED"), (cell, run_id, statuses.get(run_id))
             assert run_id not in killed
-        assert entry["status"] == "ok"
+        assert all(r["status"] == "ok" for r in entry["runs"])
 
 
 def test_dvc_has_nothing_left_to_do(story):

@@ -1,6 +1,6 @@
 """A DVC remote carries the data and the models to a fresh clone, byte for byte.
 
-Git holds the code, params, dvc.lock and the small uncached outputs (metrics, report);
+Git holds the code, params, dvc.lock and the small uncached outputs (records, metrics, report);
 the remote holds what DVC caches (data/, models/). A teammate's `git clone` + `dvc pull`
 then has a workspace that DVC considers up to date: nothing to retrain.
 """
@@ -91,11 +91,11 @@ def test_cells_trained_on_two_machines_meet_in_one_report(tmp_path, tracking_ser
     client = MlflowClient(tracking_server)
     results = json.loads((machines["integrator"] / "reports" / "results.json").read_text())["cells"]
     for cell, trained_on in zip(CELLS, ("one", "two")):
-        models = machines[trained_on] / "models" / cell
-        record = json.loads((models / "record.json").read_text())
+        record = json.loads((machines[trained_on] / "records" / f"{cell}.json").read_text())
         assert results[cell]["parent_run"] == record["parent_run_id"]
-        assert results[cell]["runs"] == [r["run_id"] for r in record["runs"]]
-        assert all(client.get_run(r).info.status == "FINISHED" for r in [record["parent_run_id"], *results[cell]["runs"]])
+        run_ids = [r["run_id"] for r in results[cell]["runs"]]
+        assert run_ids == [r["run_id"] for r in record["runs"]]
+        assert all(client.get_run(r).info.status == "FINISHED" for r in [record["parent_run_id"], *run_ids])
         assert digests(machines["integrator"], f"models/{cell}") == digests(machines[trained_on], f"models/{cell}")
     experiment = client.get_experiment_by_name("misfit")
     parents = [r for r in client.search_runs([experiment.experiment_id], max_results=1000)

@@ -1,0 +1,114 @@
+"""A tracking store that cannot be used stops the train stage within seconds, before it
+trains or writes anything, with the URI or file and what was expected."""
+from __future__ import annotations
+
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import free_port, make_project, run, small_params, synthetic_mnist, base_env
+
+CELL = "binary-softmax-ce"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+    manifest = synthetic_mnist(tmp / "mirror")
+    env = base_env(MNIST_MIRROR=str(tmp / "mirror"), MNIST_MANIFEST=str(manifest))
+    root = make_project(tmp / "project", small_params([CELL], protocol__max_epochs=2))
+    run(["dvc", "repro", "label-derive"], root, env)
+    return root, env
+
+
+def train(project, env, **extra) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    done = subprocess.run(["dvc", "repro", "-s", f"train@{CELL}"], cwd=project, env={**env, **extra},
+                          capture_output=True, text=True, timeout=120)
+    return done, time.monotonic() - started
+
+
+def assert_nothing_written(root) -> None:
+    assert not (root / "models" / CELL).exists()
+    assert not (root / "records" / f"{CELL}.json").exists()
+    assert not (root / "metrics" / f"{CELL}.json").exists()
+
+
+def test_no_server_at_the_uri_is_an_error_within_seconds(project):
+    root, env = project
+    uri = f"http://127.0.0.1:{free_port()}"
+    done, seconds = train(root, env, MLFLOW_TRACKING_URI=uri)
+    assert done.returncode != 0 and seconds < 30, seconds
+    assert f"MLFLOW_TRACKING_URI={uri}: no MLflow tracking server answered {uri}/health" in done.stderr
+    assert "Connection refused" in done.stderr and "Traceback" not in done.stderr
+    assert_nothing_written(root)
+    assert not (root / "mlruns").exists()
+
+
+def test_a_server_that_accepts_but_never_answers_times_out(project):
+    """A listener that takes the connection and says nothing: the check's own timeout."""
+    root, env = project
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    held = []
+    stop = threading.Event()
+
+    def accept():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        uri = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        done, seconds = train(root, env, MLFLOW_TRACKING_URI=uri, MISFIT_TRACKING_TIMEOUT="2")
+    finally:
+        stop.set()
+        thread.join()
+        for connection in held:
+            connection.close()
+        listener.close()
+    assert done.returncode != 0 and seconds < 30, seconds
+    assert f"no MLflow tracking server answered {uri}/health within 2 s" in done.stderr
+    assert_nothing_written(root)
+
+
+def test_a_bad_timeout_setting_names_the_variable(project):
+    root, env = project
+    done, _ = train(root, env, MISFIT_TRACKING_TIMEOUT="soon")
+    assert "MISFIT_TRACKING_TIMEOUT='soon': expected a positive number of seconds" in done.stderr
+    assert_nothing_written(root)
+
+
+@pytest.mark.parametrize("content", ["not a database", "sqlite-without-mlflow"])
+def test_a_store_file_that_is_not_an_mlflow_database_names_the_file(project, content):
+    root, env = project
+    store = root / "mlruns" / "mlflow.db"
+    store.parent.mkdir(exist_ok=True)
+    if content == "not a database":
+        store.write_bytes(b"this is a note, not a database\n" * 40)
+        expected = f"{store.resolve()}: not an SQLite database, so not an MLflow tracking store"
+    else:
+        store.unlink(missing_ok=True)
+        with sqlite3.connect(store) as db:
+            db.execute("create table notes (text)")
+        expected = f"{store.resolve()}: an SQLite database without MLflow's tables"
+    before = store.read_bytes()
+    try:
+        done, seconds = train(root, env)
+        assert done.returncode != 0 and seconds < 30
+        assert expected in done.stderr and "move it away" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert store.read_bytes() == before  # untouched
+        assert_nothing_written(root)
+    finally:
+        store.unlink()
