@@ -1,80 +1,182 @@
-"""Where a train stage's time goes besides training, and what a no-op `dvc repro` costs.
+"""The fixed cost of a cell: the README's smoke profile over all 42 cells, timed, with the
+train stage's own breakdown, side by side with another commit; and the study efficiency.
 
-    python bench/overhead.py [--cell binary-softmax-ce] [--repeats 3]
+    python bench/overhead.py [--baseline REV] [--mirror DIR]   # smoke profile, this commit vs REV
+    python bench/overhead.py --efficiency [--log study.log]     # from records/ of a full study
 
-Run it in a clone of a project whose pipeline has run (`dvc repro`): it times a no-op
-`dvc repro` first, then reruns one cell's train stage, directly and with
-`dvc repro -f -s train@<cell>`; the reruns log new MLflow runs and rewrite the cell's
-record.json (new run ids; the checkpoints come out identical). Each figure is the median of
---repeats fresh processes:
-  - interpreter start + the stage's imports (torch, mlflow, torchinfo, misfit),
-  - the whole `python stages/train.py <cell>` process, and the training inside it,
-  - the whole `dvc repro -f -s train@<cell>`, i.e. DVC's own cost around the command,
-  - a no-op `dvc repro` of the whole pipeline.
+Smoke: for this commit (and REV, if given) it makes a clone under a temp dir, runs the data
+stages of the smoke profile there (not timed), then times `dvc repro` of every remaining
+stage (42 train stages, the report, and for older commits their evaluate stages). The two
+commits run in the same process one after the other, so the ratio is measured on the same
+machine in the same state. The breakdown per part of the train stage comes from each
+record's `phases` (this commit's records have them); interpreter start and imports are
+timed as separate processes, and DVC's own share is what the stages' processes leave of
+the wall time.
+
+Efficiency: Σ seconds spent in epochs / wall seconds of the study. The epochs' seconds
+come from the records (each epoch's wall, counted once per cell); the wall from the
+timestamps scripts/publish_study.sh writes to its log, else the records' stage seconds.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+IMPORTS = "import torch, mlflow, torchinfo, misfit.train_stage"
 
 
-def timed(command: list[str]) -> float:
+def smoke_overrides(readme: Path) -> list[str]:
+    """The -S overrides of the README's smoke command, applied the way `dvc exp run -S` would."""
+    line = next(l for l in readme.read_text().splitlines() if l.strip().startswith("dvc exp run -S"))
+    words = shlex.split(line.strip())
+    return [words[i + 1] for i, word in enumerate(words) if word == "-S"]
+
+
+def apply_overrides(params: dict, overrides: list[str]) -> dict:
+    for override in overrides:
+        key, value = override.split("=", 1)
+        *path, last = key.split(".")
+        target = params
+        for part in path:
+            target = target[part]
+        target[last] = yaml.safe_load(value)
+    return params
+
+
+def run(command: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed in {cwd}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+def prepared_clone(rev: str, where: Path, env: dict, keep_cells: int | None) -> Path:
+    """A clone at rev with its own venv-free setup: the smoke params and the data stages done."""
+    clone = where / rev.replace("/", "_")
+    run(["git", "clone", "-q", str(ROOT), str(clone)], where, env)
+    run(["git", "checkout", "-q", rev], clone, env)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    overrides = [o for o in smoke_overrides(ROOT / "README.md")
+                 if not (o.startswith("draws.") and "draws" not in params)]
+    params = apply_overrides(params, overrides)
+    if keep_cells:
+        params["cells"] = dict(list(params["cells"].items())[:keep_cells])
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro", "label-derive"], clone, env)
+    return clone
+
+
+def timed_repro(clone: Path, env: dict) -> tuple[float, int]:
     started = time.perf_counter()
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
-    return time.perf_counter() - started
+    done = run(["dvc", "repro"], clone, env)
+    wall = time.perf_counter() - started
+    return wall, len(re.findall(r"^Running stage", done.stdout, re.M))
 
 
-def median_of(command: list[str], repeats: int) -> float:
-    return statistics.median(timed(command) for _ in range(repeats))
+def process_seconds(command: list[str], cwd: Path, env: dict, repeats: int = 3) -> float:
+    def once() -> float:
+        started = time.perf_counter()
+        run(command, cwd, env)
+        return time.perf_counter() - started
+    return statistics.median(once() for _ in range(repeats))
 
 
-def training_seconds(cell: str) -> float:
-    """Seconds of the epochs themselves, summed from the record the last run wrote."""
-    record = json.loads((ROOT / "models" / cell / "record.json").read_text())
-    epochs: dict[int, float] = {}
-    for run in record["runs"]:
-        for entry in run["history"]:
-            epochs[entry["epoch"]] = entry["seconds"]
-    return sum(epochs.values())
+def phase_totals(clone: Path) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for path in sorted((clone / "records").glob("*.json")):
+        for name, seconds in json.loads(path.read_text()).get("phases", {}).items():
+            totals[name] = totals.get(name, 0.0) + seconds
+    return totals
+
+
+def smoke(args) -> None:
+    env = {**os.environ, "MNIST_MIRROR": str(Path(args.mirror).resolve()), "PYTHONPATH": "src",
+           "MLFLOW_DISABLE_TELEMETRY": "true"}
+    revs = ["HEAD"] + ([args.baseline] if args.baseline else [])
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="misfit-overhead-") as tmp:
+        for rev in revs:
+            clone = prepared_clone(rev, Path(tmp), env, args.cells)
+            wall, stages = timed_repro(clone, env)
+            cells = len(yaml.safe_load((clone / "params.yaml").read_text())["cells"])
+            figure = {"rev": run(["git", "rev-parse", "--short", "HEAD"], clone, env).stdout.strip(),
+                      "wall_s": wall, "stages": stages, "cells": cells, "per_cell_s": wall / cells}
+            if rev == "HEAD":
+                python = process_seconds([sys.executable, "-c", "pass"], clone, env)
+                imports = process_seconds([sys.executable, "-c", IMPORTS], clone, env)
+                phases = phase_totals(clone)
+                inside = python + imports
+                figure["parts_s"] = {
+                    "interpreter start (x stages)": python * cells,
+                    "imports: torch, mlflow, torchinfo, misfit (x stages)": (imports - python) * cells,
+                    **{f"train stage: {name}": seconds for name, seconds in phases.items()},
+                }
+                figure["parts_s"]["DVC and the report (the rest)"] = wall - sum(figure["parts_s"].values())
+                figure["import_s"] = inside
+            figures[rev] = figure
+    for rev, figure in figures.items():
+        print(f"{rev} ({figure['rev']}): smoke profile, {figure['cells']} cells, {figure['stages']} stages: "
+              f"{figure['wall_s']:.1f} s wall, {figure['per_cell_s']:.2f} s per cell")
+        for name, seconds in figure.get("parts_s", {}).items():
+            print(f"  {name:<60} {seconds:7.1f} s  {seconds / figure['cells']:5.2f} s/cell")
+    if args.baseline:
+        print(f"ratio {args.baseline} / HEAD: {figures[args.baseline]['wall_s'] / figures['HEAD']['wall_s']:.2f}")
+    print(json.dumps(figures))
+
+
+def epoch_seconds(record: dict) -> float:
+    """Each epoch's wall seconds, once per cell (all of a cell's runs share an epoch)."""
+    per_epoch: dict[int, float] = {}
+    for run_record in record["runs"]:
+        for row in run_record["history"]:
+            per_epoch[row["epoch"]] = row["seconds"]
+    return sum(per_epoch.values())
+
+
+def log_wall(log: Path) -> float | None:
+    stamps = [datetime.fromisoformat(m.group(1).replace("Z", "+00:00"))
+              for m in re.finditer(r"^== (\S+Z) ", log.read_text(), re.M)]
+    return (stamps[-1] - stamps[0]).total_seconds() if len(stamps) > 1 else None
+
+
+def efficiency(args) -> None:
+    records = [json.loads(p.read_text()) for p in sorted((ROOT / "records").glob("*.json"))]
+    if not records:
+        raise SystemExit(f"{ROOT / 'records'}: no records; run the study first")
+    epochs = sum(epoch_seconds(r) for r in records)
+    stages = sum(r["seconds"] for r in records)
+    model_epochs = sum(len(run_record["history"]) for r in records for run_record in r["runs"])
+    wall = log_wall(Path(args.log)) if args.log else None
+    print(f"{len(records)} cells, {model_epochs} model-epochs, {epochs:.0f} s in epochs "
+          f"({epochs / model_epochs:.3f} s per model-epoch)")
+    print(f"in-stage efficiency: epochs / train stage seconds = {epochs:.0f} / {stages:.0f} = {epochs / stages:.3f}")
+    if wall:
+        print(f"study efficiency: epochs / wall (from {args.log}) = {epochs:.0f} / {wall:.0f} = {epochs / wall:.3f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cell", default="binary-softmax-ce")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--baseline", help="a git revision to time side by side (e.g. e19841e)")
+    parser.add_argument("--mirror", default=str(SHARED_MNIST), help="directory with the MNIST IDX files")
+    parser.add_argument("--cells", type=int, help="only the first N cells (a quick check of the bench itself)")
+    parser.add_argument("--efficiency", action="store_true", help="study efficiency from records/")
+    parser.add_argument("--log", help="scripts/publish_study.sh's log, for the study's wall time")
     args = parser.parse_args()
-    python = sys.executable
-    # first, while the pipeline is current: the timed reruns below change one cell's outputs
-    noop = median_of(["dvc", "repro"], args.repeats)
-    figures = {
-        "python start (no imports)": median_of([python, "-c", "pass"], args.repeats),
-        "stage imports (torch, mlflow, torchinfo, misfit)": median_of(
-            [python, "-c", "import torch, mlflow, torchinfo, misfit.train_stage"], args.repeats),
-        "open MLflow store + experiment": median_of(
-            [python, "-c", "from pathlib import Path; from misfit.tracking import open_experiment;"
-                           "open_experiment(Path('.'), 'misfit')"], args.repeats),
-    }
-    stage = median_of([python, "stages/train.py", args.cell], args.repeats)
-    train = training_seconds(args.cell)
-    dvc_stage = median_of(["dvc", "repro", "-f", "-s", f"train@{args.cell}"], args.repeats)
-    print(f"cell {args.cell}: whole train process {stage:.2f} s, of which epochs {train:.2f} s")
-    for name, seconds in figures.items():
-        print(f"  {name:<52} {seconds:6.2f} s  {seconds / stage:6.1%} of the process")
-    print(f"  {'everything else (data, summary, test, writing)':<52} "
-          f"{stage - train - figures['stage imports (torch, mlflow, torchinfo, misfit)']:6.2f} s")
-    print(f"dvc repro -f -s train@{args.cell}: {dvc_stage:.2f} s; DVC's own share {dvc_stage - stage:.2f} s "
-          f"({(dvc_stage - stage) / dvc_stage:.1%})")
-    print(f"no-op dvc repro of the whole pipeline: {noop:.2f} s")
-    print(json.dumps({"cell": args.cell, "process_s": round(stage, 3), "epochs_s": round(train, 3),
-                      **{k: round(v, 3) for k, v in figures.items()}, "dvc_stage_s": round(dvc_stage, 3),
-                      "noop_repro_s": round(noop, 3)}))
+    efficiency(args) if args.efficiency else smoke(args)
 
 
 if __name__ == "__main__":
