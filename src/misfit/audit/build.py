@@ -1,0 +1,176 @@
+"""From a resolved query to the Facts: the record's values, the checks, the commands."""
+from __future__ import annotations
+
+import os
+import shlex
+import statistics
+
+from misfit.audit import checks
+from misfit.audit.checks import Audit, prefixed
+from misfit.audit.facts import ABSENT, Facts, Match, SeedRun
+from misfit.audit.resolve import Subject
+from misfit.audit.sources import Project, record_path
+from misfit.audit.store import Store
+
+ENV_MIRROR, ENV_MANIFEST = "MNIST_MIRROR", "MNIST_MANIFEST"
+
+
+def summarize(values: list) -> dict:
+    """As metrics/<cell>.json writes it: mean, sample sd, median, min, max, n."""
+    finite = [v for v in values if isinstance(v, (int, float))]
+    if not finite:
+        return {"mean": None, "sd": None, "median": None, "min": None, "max": None, "n": 0}
+    return {"mean": statistics.fmean(finite), "sd": statistics.stdev(finite) if len(finite) > 1 else None,
+            "median": statistics.median(finite), "min": min(finite), "max": max(finite), "n": len(finite)}
+
+
+def main_draw(record: dict) -> int | None:
+    return (record["data"].get("config") or {}).get("subset_seed")
+
+
+def seed_run(run: dict) -> SeedRun:
+    return SeedRun(
+        seed=run["seed"], subset_seed=run.get("subset_seed"), status=run["status"], error=run.get("error"),
+        valid_best=run.get("valid_best"), test=run.get("test"), best_epoch=run.get("best_epoch"),
+        epochs_run=run.get("epochs_run"), run_id=run["run_id"], config_digest=run.get("config_digest"),
+        checkpoint=run.get("checkpoint"), rescored=run.get("evaluated"))
+
+
+def build(project: Project, store: Store, query: str, subject: Subject) -> Facts:
+    record = subject.record
+    audit = Audit(project, store, subject.cell, subject.seed, record, subject.from_store)
+    # the runs of the audited number: one seed, or all; every data draw the record holds
+    runs = [r for r in record["runs"] if subject.seed in (None, r["seed"])]
+    main = [r for r in record["runs"] if r.get("subset_seed") in (None, main_draw(record))]
+    summary = {key: summarize([r.get(key) for r in main if r.get("status") == "ok"])
+               for key in ("valid_best", "test", "best_epoch")}
+
+    traced = checks.check_record_source(audit)
+    checks.check_commit(audit)
+    params = checks.check_params(audit)
+    dataset_source = checks.check_data(audit)
+    checks.check_checkpoints(audit, runs)
+    published = checks.check_metrics_file(audit, summary)
+    report = checks.check_report(audit)
+    checks.check_runs(audit)
+    checks.check_lock_and_code(audit)
+
+    tags, metric = audit.tags, record["metric"]
+    experiment = record.get("experiment")
+    return Facts(
+        query=query, matched=Match(subject.matched_by, subject.matched), cell=subject.cell, seed=subject.seed,
+        source=(f"MLflow run {record['parent_run_id']}" if subject.from_store else str(record_path(subject.cell))),
+        traced_from_git=traced,
+        configuration={"cell": record["cell"], "protocol": record["protocol"],
+                       "data": record["data"].get("config", {}), "seeds": record["seeds"],
+                       "seed": subject.seed, "experiment": experiment},
+        digests={"cell": record["cell_digest"], "config": {str(r["seed"]): r.get("config_digest") for r in runs
+                                                           if r.get("subset_seed") in (None, main_draw(record))}},
+        data_identity={"dataset_sha256": record["data"].get("dataset_sha256"),
+                       "splits": record["data"].get("splits", {}), "draws": record.get("draws") or {}},
+        code={"git_commit": tags.get("git_commit"), "git_dirty": tags.get("git_dirty"),
+              "dep_md5": prefixed(tags, "dep.md5."), "dvc_lock_md5": checks.pinned_code(audit),
+              "versions": prefixed(tags, "version."), "device": tags.get("device"), "threads": tags.get("threads")},
+        metrics={"metric": metric, "better": "higher" if metric == "accuracy" else "lower",
+                 "main_draw": main_draw(record), "seeds": [seed_run(r) for r in runs], "summary": summary,
+                 "published": published, "report": report},
+        mlflow=mlflow_section(audit, experiment, params, runs),
+        reproduce=reproduce(audit, runs, dataset_source),
+        missing=audit.missing, disagreements=audit.disagreements, notes=audit.notes,
+    )
+
+
+def mlflow_section(audit: Audit, experiment: str | None, params, runs: list[dict]) -> dict:
+    record, store = audit.record, audit.store
+    section = {"tracking_uri": store.uri, "store": "here" if store.available else store.problem,
+               "experiment": experiment, "experiment_id": None, "parent_run_id": record["parent_run_id"],
+               "seed_run_ids": {_seed_key(r, record): r["run_id"] for r in runs}, "restored": {}}
+    if not store.available:
+        return section
+    parent, _ = audit.run_states.get(record["parent_run_id"]) or store.run(record["parent_run_id"])
+    if parent is not None:
+        section["experiment_id"] = parent.info.experiment_id
+    elif experiment:
+        found = store.client.get_experiment_by_name(experiment)
+        section["experiment_id"] = found.experiment_id if found else None
+    # in a restored store the runs have new ids; the original ids map to them
+    section["restored"] = {rid: run.info.run_id for rid, (run, state) in audit.run_states.items()
+                           if state == "restored"}
+    base = params.tracking.ui_base_url if params is not None else None
+    if base and section["experiment_id"] is not None:
+        ids = [record["parent_run_id"], *section["seed_run_ids"].values()]
+        section["links"] = {rid: f"{base.rstrip('/')}/#/experiments/{section['experiment_id']}/runs/"
+                                 f"{section['restored'].get(rid, rid)}" for rid in ids}
+    return section
+
+
+def _seed_key(run: dict, record: dict) -> str:
+    """"<seed>" for the main draw; "draw <d> seed <seed>" for a further one."""
+    draw = run.get("subset_seed")
+    return str(run["seed"]) if draw in (None, main_draw(record)) else f"draw {draw} seed {run['seed']}"
+
+
+def reproduce(audit: Audit, runs: list[dict], dataset_source: str | None) -> dict:
+    tags, cell = audit.tags, audit.cell
+    env = {"PYTHONPATH": "src"}  # the checkout's own code, whichever copy of misfit is installed
+    mirror = os.environ.get(ENV_MIRROR)
+    env[ENV_MIRROR] = mirror or "<directory holding the four MNIST IDX files>"
+    if not mirror:
+        audit.notes.append(f"{ENV_MIRROR} is not set here: without it the download stage fetches "
+                           "MNIST with torchvision (internet needed)")
+    if dataset_source and dataset_source != "official MNIST":
+        env[ENV_MANIFEST] = dataset_source
+    elif os.environ.get(ENV_MANIFEST):
+        env[ENV_MANIFEST] = os.environ[ENV_MANIFEST]
+    if not audit.record["protocol"].get("threads") and str(tags.get("threads", "")).isdigit():
+        # protocol.threads 0 takes torch's default, the core count: fix it to what the run had
+        env["OMP_NUM_THREADS"] = tags["threads"]
+    device = tags.get("device", "")
+    if device.startswith("cuda"):
+        audit.notes.append(f"the run trained on {device}: elsewhere expect agreement within float "
+                           "tolerance, not bit-identity")
+    commit = tags.get("git_commit", "unknown")
+    stage = f"train@{cell}"
+    commands = [f"git checkout {commit}" if commit != "unknown"
+                else "# no commit recorded: check out the code whose md5s are listed above",
+                "export " + " ".join(f"{k}={_quote(v)}" for k, v in env.items())]
+    restore = checks.params_at_commit(audit, commit) if commit != "unknown" else []
+    if restore:
+        # dvc exp run -S writes the run's values into params.yaml before anything runs, so
+        # split and labels follow them too; --force reruns what DVC would skip
+        settings = " ".join("-S " + shlex.quote(_override(d)) for d in restore)
+        commands.append(f"dvc exp run --force {settings} {stage}")
+    else:
+        # --force: rerun even when DVC's run-cache or up-to-date outputs would skip training
+        commands += ["dvc repro label-derive", f"dvc repro --force --single-item {stage}"]
+    return {"env": env, "commands": commands,
+            "expect": {"file": str(record_path(cell)), "field": "runs[].test",
+                       "test": {_seed_key(r, audit.record): r.get("test") for r in runs}}}
+
+
+def _quote(value: str) -> str:
+    return value if value.startswith("<") else shlex.quote(value)
+
+
+def _override(differing: dict) -> str:
+    """One `dvc exp run -S` override (Hydra's grammar) that puts the run's value back."""
+    if differing["recorded"] == ABSENT:
+        return f"~{differing['field']}"
+    add = "+" if differing["current"] == ABSENT else ""  # Hydra adds a key only when told to
+    return f"{add}{differing['field']}={_hydra(differing['recorded'])}"
+
+
+def _hydra(value) -> str:
+    import json
+
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(map(_hydra, value)) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{key}:{_hydra(item)}" for key, item in value.items()) + "}"
+    return json.dumps(str(value))  # quoted: "none" and "null" stay strings

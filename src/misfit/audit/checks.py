@@ -1,0 +1,365 @@
+"""Each check compares one source with the record and reports into an `Audit`:
+a Disagreement (the sources contradict each other), a Missing item (the checkout lacks
+something; not an error in a fresh clone) or a note.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from misfit.audit.facts import ABSENT, Disagreement, Missing
+from misfit.audit.sources import LOCK_FILE, RESULTS_FILE, Project, record_path, run_ids_in
+from misfit.audit.store import Store
+from misfit.layout import METRICS_DIR, MODELS_DIR, PARAMS_FILE, SPLIT_DIR
+
+# the metrics file summarises the re-scored checkpoints, the record the training run's own
+# scores: they agree to this (the tolerance the re-scoring itself is checked with)
+SUMMARY_TOLERANCE = 1e-6
+RESTORE_COMMAND = "misfit restore-runs"
+
+
+@dataclass
+class Audit:
+    """What the checks share, and what they found."""
+    project: Project
+    store: Store
+    cell: str
+    seed: int | None
+    record: dict
+    from_store: bool
+    disagreements: list[Disagreement] = field(default_factory=list)
+    missing: list[Missing] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    referenced: dict[str, set[str]] = field(default_factory=dict)  # run id -> the files that name it
+    run_states: dict[str, tuple] = field(default_factory=dict)  # run id -> (run or None, state)
+
+    @property
+    def root(self) -> Path:
+        return self.project.root
+
+    @property
+    def tags(self) -> dict:
+        return self.record.get("tags") or {}
+
+    @property
+    def record_name(self) -> str:
+        return "the MLflow store" if self.from_store else str(record_path(self.cell))
+
+    def disagree(self, kind: str, message: str, **details) -> None:
+        self.disagreements.append(Disagreement(kind, message, details))
+
+    def refer(self, run_id: str, where: str) -> None:
+        if run_id:
+            self.referenced.setdefault(run_id, set()).add(where)
+
+
+# -- git -------------------------------------------------------------------------------
+
+def check_record_source(audit: Audit) -> bool:
+    """Whether the record is the one git holds: True when the audit is traced from git alone."""
+    path = record_path(audit.cell)
+    if audit.from_store:
+        on_disk = audit.root / path
+        audit.disagree("record", f"{path} does not name this run"
+                       + (" (the file is absent)" if not on_disk.exists() else
+                          ": the cell's record in git comes from another train run")
+                       + "; the values below come from the MLflow store")
+        return False
+    if not audit.project.committed_unchanged(path):
+        audit.notes.append(f"{path} is not committed as it is here (new, or changed since HEAD): "
+                           "the audit reads the working copy")
+        return False
+    return True
+
+
+def check_commit(audit: Audit) -> None:
+    commit, project = audit.tags.get("git_commit", "unknown"), audit.project
+    if commit == "unknown":
+        audit.disagree("commit", "the run recorded no git commit: the code version rests on the dep md5s alone")
+    elif not project.has_commit(commit):
+        audit.disagree("commit", f"the run's commit {commit} is not in this repository "
+                       "(fetch it from where the run was made)", recorded=commit, head=project.head)
+    elif project.head != commit:
+        changed = train_files_changed_since(project, commit)
+        since = ("; of the files the train stage depends on, none changed between them" if changed == [] else
+                 f"; the train stage's files changed between them: {', '.join(changed)}" if changed else "")
+        audit.disagree("commit", f"the run was made at commit {commit[:12]}, HEAD is "
+                       f"{(project.head or 'unknown')[:12]}{since}", recorded=commit, head=project.head,
+                       train_files_changed=changed)
+    if audit.tags.get("git_dirty") == "true":
+        # a dvc.lock or records file that the running `dvc repro` rewrote counts as well
+        audit.disagree("dirty", "the run was made from a tree with uncommitted changes to tracked files "
+                       "(dvc.lock rewritten by the same `dvc repro` counts too): the commit alone may not "
+                       "hold its code; the dep md5s say what ran")
+
+
+def train_files_changed_since(project: Project, commit: str) -> list[str] | None:
+    """The train stage's file deps that differ between `commit` and HEAD (None: unknown)."""
+    from misfit.provenance import stage_file_deps
+    from misfit.audit.sources import git
+
+    try:
+        paths = stage_file_deps(project.root, "train")
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    diff = git(project.root, "diff", "--name-only", commit, "HEAD", "--", *paths)
+    if diff is None or diff.returncode != 0:
+        return None
+    return diff.stdout.split()
+
+
+# -- params.yaml -------------------------------------------------------------------------
+
+def _flat_diff(prefix: str, recorded: dict, current: dict) -> list[dict]:
+    differing = []
+    for key in [*recorded, *(k for k in current if k not in recorded)]:
+        was, now = recorded.get(key, ABSENT), current.get(key, ABSENT)
+        if was != now:
+            differing.append({"field": f"{prefix}.{key}", "recorded": was, "current": now})
+    return differing
+
+
+def params_diff(audit: Audit, params) -> list[dict]:
+    """The fields of `params` (validated) that differ from what the run recorded."""
+    record, cell = audit.record, audit.cell
+    differing = []
+    if cell not in params.cells:
+        return [{"field": f"cells.{cell}", "recorded": record["cell"], "current": ABSENT}]
+    differing += _flat_diff(f"cells.{cell}", record["cell"], params.cells[cell].model_dump())
+    differing += _flat_diff("protocol", record["protocol"], params.protocol.model_dump())
+    differing += _flat_diff("data", record["data"].get("config", {}), params.data.model_dump())
+    seeds = params.seeds_of(cell) if hasattr(params, "seeds_of") else params.seeds
+    if record["seeds"] != seeds:
+        differing.append({"field": "seeds", "recorded": record["seeds"], "current": seeds})
+    experiment = record.get("experiment")
+    if experiment and experiment != params.tracking.experiment:
+        differing.append({"field": "tracking.experiment", "recorded": experiment,
+                          "current": params.tracking.experiment})
+    return differing
+
+
+def listing(differing: list[dict], where: str = "params.yaml") -> str:
+    return "; ".join(f"{d['field']}: recorded {d['recorded']!r}, {where} {d['current']!r}" for d in differing)
+
+
+def check_params(audit: Audit):
+    """params.yaml against the record; returns the validated params (None if unreadable)."""
+    from misfit.config import ConfigError, load_params
+
+    try:
+        params = load_params(audit.root / PARAMS_FILE)
+    except ConfigError as error:
+        audit.disagree("params", f"params.yaml cannot be read as this project's parameters: {error}")
+        return None
+    differing = params_diff(audit, params)
+    if differing:
+        audit.disagree("params", "params.yaml differs from what the run recorded: " + listing(differing),
+                       fields=differing)
+    return params
+
+
+def params_at_commit(audit: Audit, commit: str) -> list[dict]:
+    """What params.yaml at the run's commit would change: a dirty tree's run had other values."""
+    from misfit.audit.sources import git
+    from misfit.config import ConfigError, parse_params
+
+    shown = git(audit.root, "show", f"{commit}:{PARAMS_FILE}")
+    if shown is None or shown.returncode != 0:
+        return []
+    source = Path(f"{commit[:12]}:{PARAMS_FILE}")
+    try:
+        params = parse_params(yaml.safe_load(shown.stdout), source)
+    except (ConfigError, yaml.YAMLError) as error:
+        audit.notes.append(f"{source} cannot be read as this project's parameters ({error}); "
+                           "the commands below assume it holds the run's values")
+        return []
+    differing = params_diff(audit, params)
+    if differing:
+        audit.disagree("params_at_commit", f"{source} holds other values than the run used (its tree "
+                       "was dirty): " + listing(differing, "there") + "; the commands below set the run's values",
+                       fields=differing)
+    return differing
+
+
+# -- data, checkpoints: DVC outputs, absent from a fresh clone ----------------------------
+
+def check_data(audit: Audit) -> str | None:
+    """data/split against the record's data identity; returns the dataset source it names."""
+    current = audit.project.split_manifest
+    recorded = audit.record["data"]
+    if current is None:
+        audit.missing.append(Missing(
+            f"{SPLIT_DIR}/ (the images the runs trained on)",
+            "a DVC output, not in git: its SHA-256s above come from the record and cannot be "
+            "checked against data here",
+            ["dvc pull data/split   # from the project's DVC remote, if it has one",
+             "dvc repro label-derive   # or rebuild it from MNIST (see reproduce)"]))
+        return None
+    differing = []
+    if recorded.get("dataset_sha256") != current.get("dataset_sha256"):
+        differing.append(f"dataset sha256 recorded {recorded.get('dataset_sha256')}, "
+                         f"now {current.get('dataset_sha256')}")
+    for name, split in (recorded.get("splits") or {}).items():
+        now = (current.get("splits") or {}).get(name, {})
+        if split.get("sha256") != now.get("sha256"):
+            differing.append(f"{name} split sha256 recorded {split.get('sha256')}, now {now.get('sha256')}")
+    if differing:
+        audit.disagree("data", f"{SPLIT_DIR} holds other data than the run used: " + "; ".join(differing))
+    return current.get("dataset_source")
+
+
+def check_checkpoints(audit: Audit, runs: list[dict]) -> None:
+    names = [run["checkpoint"] for run in runs if run.get("checkpoint")]
+    absent = [name for name in names if not audit.project.checkpoint(audit.cell, name).is_file()]
+    if not absent:
+        return
+    folder = MODELS_DIR / audit.cell
+    pinned = (audit.project.lock_stage(f"train@{audit.cell}") or {}).get("outs") or []
+    md5 = next((out.get("md5") for out in pinned if out.get("path") == str(folder)), None)
+    audit.missing.append(Missing(
+        f"{folder}/: {len(absent)} checkpoint(s) ({', '.join(absent)})",
+        "DVC outputs, not in git" + (f" (dvc.lock pins {folder} as md5 {md5})" if md5 else ""),
+        [f"dvc pull train@{audit.cell}   # from the project's DVC remote, if it has one (dvc remote list)",
+         f"dvc repro train@{audit.cell}   # or retrain: see reproduce"]))
+
+
+# -- metrics/ and reports/: the published numbers -----------------------------------------
+
+def _close(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return math.isclose(float(a), float(b), rel_tol=SUMMARY_TOLERANCE, abs_tol=SUMMARY_TOLERANCE)
+
+
+def check_metrics_file(audit: Audit, summary: dict) -> dict | None:
+    """metrics/<cell>.json (numbers only) against the summary of the record's runs."""
+    path = METRICS_DIR / f"{audit.cell}.json"
+    metrics = audit.project.metrics(audit.cell)
+    if metrics is None:
+        audit.notes.append(f"{path} is absent: train@{audit.cell} has not run here")
+        return None
+    differing = []
+    for key in ("test", "valid_best"):
+        published, recomputed = metrics.get(key) or {}, summary[key]
+        if published.get("n") != recomputed["n"] or not _close(published.get("mean"), recomputed["mean"]):
+            differing.append(f"{key} mean {published.get('mean')} (n={published.get('n')}) against "
+                             f"{recomputed['mean']} (n={recomputed['n']}) from the record")
+    if differing:
+        audit.disagree("metrics", f"{path} does not summarise the runs of {audit.record_name}: "
+                       + "; ".join(differing) + f" (stale: dvc repro train@{audit.cell})")
+    return {"file": str(path), **{k: v for k, v in metrics.items() if k not in ("cell", "task", "metric")}}
+
+
+def check_report(audit: Audit) -> dict | None:
+    """reports/results.json: does it name the record's runs for this cell?"""
+    entry = audit.project.results_entry(audit.cell)
+    if entry is None:
+        if audit.project.results is not None:
+            audit.notes.append(f"{RESULTS_FILE} has no entry for {audit.cell}")
+        return None
+    named = run_ids_in(entry)
+    for run_id in named:
+        audit.refer(run_id, str(RESULTS_FILE))
+    recorded = {audit.record["parent_run_id"], *(run["run_id"] for run in audit.record["runs"])}
+    if named and not named <= recorded:
+        others = sorted(named - recorded)
+        audit.disagree("report", f"{RESULTS_FILE} names runs for {audit.cell} that {audit.record_name} does not "
+                       f"({', '.join(others)}): the report is stale (dvc repro report)", run_ids=others)
+    return {"file": str(RESULTS_FILE), **{k: entry[k] for k in ("test", "valid_best", "best_epoch", "status")
+                                          if k in entry}}
+
+
+# -- dvc.lock and the code ----------------------------------------------------------------
+
+def pinned_code(audit: Audit) -> dict[str, str] | None:
+    """The md5 of each train-stage file that dvc.lock pins (None: dvc.lock has no such stage)."""
+    entry = audit.project.lock_stage(f"train@{audit.cell}")
+    if entry is None:
+        return None
+    return {dep["path"]: dep.get("md5") for dep in entry.get("deps", [])
+            if not str(dep.get("md5", "")).endswith(".dir")}
+
+
+def check_lock_and_code(audit: Audit) -> None:
+    from misfit.provenance import md5_of_files, stage_file_deps
+
+    recorded = prefixed(audit.tags, "dep.md5.")
+    stage = f"train@{audit.cell}"
+    pinned = pinned_code(audit)
+    if pinned is None:
+        audit.notes.append(f"{LOCK_FILE} has no {stage} entry: DVC has not recorded this stage here")
+    else:
+        differing = [{"path": path, "dvc_lock": pinned.get(path, ABSENT), "run": recorded.get(path, ABSENT)}
+                     for path in sorted(set(pinned) | set(recorded)) if pinned.get(path) != recorded.get(path)]
+        if differing:
+            text = "; ".join(f"{d['path']} (dvc.lock {d['dvc_lock']}, run {d['run']})" for d in differing)
+            audit.disagree("dvc_lock", f"dvc.lock's {stage} pins other code than the run recorded: {text}",
+                           files=differing)
+    try:
+        current = md5_of_files(audit.root, stage_file_deps(audit.root, "train"))
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as error:
+        audit.notes.append(f"cannot hash the train stage's code in the working tree: {error}")
+        return
+    changed = [{"path": path, "now": current.get(path, ABSENT), "run": recorded.get(path, ABSENT)}
+               for path in sorted(set(current) | set(recorded)) if current.get(path) != recorded.get(path)]
+    if changed:
+        audit.disagree("code", f"the working tree's train code differs from the run's: "
+                       f"{', '.join(d['path'] for d in changed)} (dvc repro would retrain {audit.cell})",
+                       files=changed)
+
+
+def prefixed(tags: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in sorted(tags.items()) if k.startswith(prefix)}
+
+
+# -- the MLflow store ---------------------------------------------------------------------
+
+def check_runs(audit: Audit) -> None:
+    """Every run id the record and the published files name, looked up in the store."""
+    store = audit.store
+    audit.refer(audit.record["parent_run_id"], audit.record_name)
+    for run in audit.record["runs"]:
+        audit.refer(run["run_id"], audit.record_name)
+    if not store.available:
+        audit.missing.append(Missing(
+            f"the MLflow runs ({len(audit.referenced)} run ids above)",
+            f"{store.problem}: the runs' params, tags and per-epoch metrics are all in "
+            f"{record_path(audit.cell)} (shown here), the store only makes them browsable",
+            [f"{RESTORE_COMMAND}   # rebuild a browsable store from records/ (new run ids, each tagged "
+             "with its original one), then: misfit ui",
+             "# or: export MLFLOW_TRACKING_URI=<the team's tracking server>"]))
+        return
+    roles = {audit.record["parent_run_id"]: "parent run"}
+    roles.update({r["run_id"]: f"seed {r['seed']} run" for r in audit.record["runs"]})
+    expected = {r["run_id"]: r for r in audit.record["runs"]}
+    for run_id, where in audit.referenced.items():
+        run, state = store.run(run_id)
+        audit.run_states[run_id] = (run, state)
+        named = f"{roles.get(run_id, 'run')} {run_id} (named in {', '.join(sorted(where))})"
+        if state == "missing":
+            audit.disagree("missing_run", f"{named} is not in the MLflow store {store.uri} "
+                           f"({RESTORE_COMMAND} restores it from git)", run_id=run_id, state=state)
+        elif state == "deleted":
+            audit.disagree("missing_run", f"{named} is deleted in the MLflow store (lifecycle 'deleted'; "
+                           f"`mlflow runs restore --run-id {run.info.run_id}` brings it back until `mlflow gc`)",
+                           run_id=run_id, state=state)
+        elif run_id in expected and not audit.from_store:
+            _compare_run(audit, run, expected[run_id])
+
+
+def _compare_run(audit: Audit, run, recorded: dict) -> None:
+    tags, metric = run.data.tags, audit.record["metric"]
+    differing = []
+    if tags.get("cell") != audit.cell:
+        differing.append(f"cell tag {tags.get('cell')!r}")
+    if recorded.get("config_digest") and tags.get("config_digest") != recorded["config_digest"]:
+        differing.append(f"config digest {tags.get('config_digest')}")
+    stored = run.data.metrics.get(f"test_{metric}")
+    if isinstance(recorded.get("test"), float) and stored is not None and stored != recorded["test"]:
+        differing.append(f"test_{metric} {stored!r} (record {recorded['test']!r})")
+    if differing:
+        audit.disagree("run_mismatch", f"MLflow run {run.info.run_id} (seed {recorded['seed']}) has "
+                       + ", ".join(differing) + f" unlike {audit.record_name}", run_id=run.info.run_id)

@@ -1,0 +1,129 @@
+"""The Facts as text (for a person) or JSON (for a program); neither reads anything."""
+from __future__ import annotations
+
+import json
+
+from misfit.audit.facts import Facts
+
+
+def render_json(facts: Facts) -> str:
+    return json.dumps(facts.to_json(), indent=2, allow_nan=False) + "\n"
+
+
+def _fields(values: dict) -> str:
+    return " ".join(f"{k}={'-' if v is None else v}" for k, v in values.items())
+
+
+def _num(value) -> str:
+    return "-" if value is None else repr(value) if isinstance(value, float) else str(value)
+
+
+def _stat(summary: dict | None) -> str:
+    if not summary or not summary.get("n"):
+        return "–"
+    sd = summary.get("sd", summary.get("std"))
+    spread = f" ± {sd:.6g}" if sd is not None else ""
+    return f"{summary['mean']:.6g}{spread} (n={summary['n']})"
+
+
+def _configuration(facts: Facts) -> list[str]:
+    config = facts.configuration
+    lines = ["configuration", f"  cell      {_fields(config['cell'])}", f"  protocol  {_fields(config['protocol'])}",
+             f"  data      {_fields(config['data'])}", f"  seeds     {config['seeds']}",
+             f"  experiment {config['experiment']}", f"  cell digest   {facts.digests['cell']}"]
+    return lines + [f"  config digest (seed {s})  {d}" for s, d in facts.digests["config"].items()]
+
+
+def _data(facts: Facts) -> list[str]:
+    identity = facts.data_identity
+    lines = ["data identity", f"  dataset sha256  {identity['dataset_sha256']}"]
+    lines += [f"  {name:<5} split   sha256 {split.get('sha256')} (n={split.get('n')})"
+              for name, split in identity["splits"].items()]
+    for draw, other in identity.get("draws", {}).items():
+        lines.append(f"  draw {draw} (data.subset_seed={draw}):")
+        lines += [f"    {name:<5} split sha256 {split.get('sha256')} (n={split.get('n')})"
+                  for name, split in (other.get("splits") or {}).items()]
+    return lines
+
+
+def _code(facts: Facts) -> list[str]:
+    code = facts.code
+    lines = ["code", f"  git commit {code['git_commit']} (dirty: {code['git_dirty']})",
+             f"  device {code['device']}, {code['threads']} threads", "  versions  " + _fields(code["versions"])]
+    pinned = code.get("dvc_lock_md5") or {}
+    for path, md5 in code["dep_md5"].items():
+        lock = ("pinned in dvc.lock" if pinned.get(path) == md5 else
+                f"dvc.lock pins {pinned[path]}" if path in pinned else "not in dvc.lock")
+        lines.append(f"  md5 {md5}  {path}  ({lock})" if pinned else f"  md5 {md5}  {path}")
+    return lines
+
+
+def _metrics(facts: Facts) -> list[str]:
+    metrics = facts.metrics
+    draws = any(r.subset_seed not in (None, metrics["main_draw"]) for r in metrics["seeds"])
+    lines = [f"metrics as recorded ({metrics['metric']}, {metrics['better']} is better)",
+             f"  {'seed':>4}  {'draw' if draws else '':<4}  {'status':<7} {'valid best':<20} {'test':<20} "
+             f"{'best epoch':>10} {'epochs':>6}  rescored  run id"]
+    for run in metrics["seeds"]:
+        draw = "" if not draws else str(run.subset_seed)
+        rescored = {True: "match", False: "DIFFER", None: "-"}[(run.rescored or {}).get("matches_record")]
+        lines.append(f"  {run.seed:>4}  {draw:<4}  {run.status:<7} {_num(run.valid_best):<20} {_num(run.test):<20} "
+                     f"{_num(run.best_epoch):>10} {_num(run.epochs_run):>6}  {rescored:<8}  {run.run_id}")
+        if run.error:
+            lines.append(f"        error: {run.error}")
+    summary = metrics["summary"]
+    lines.append(f"  cell, main draw, all seeds: valid best {_stat(summary['valid_best'])}, test "
+                 f"{_stat(summary['test'])}, best epoch {_stat(summary['best_epoch'])}")
+    for source in ("published", "report"):
+        shown = metrics.get(source)
+        if shown:
+            lines.append(f"  {shown['file']}: test {_stat(shown.get('test'))}, valid best "
+                         f"{_stat(shown.get('valid_best'))}")
+    return lines
+
+
+def _mlflow(facts: Facts) -> list[str]:
+    mlflow = facts.mlflow
+    lines = ["MLflow", f"  tracking uri  {mlflow['tracking_uri']}"
+             + ("" if mlflow["store"] == "here" else f"  (not here: {mlflow['store']})"),
+             f"  experiment    {mlflow['experiment']} (id {mlflow['experiment_id']})"]
+    restored = mlflow.get("restored", {})
+
+    def shown(run_id: str) -> str:
+        return f"{run_id}  (restored as {restored[run_id]})" if run_id in restored else run_id
+
+    lines.append(f"  parent run    {shown(mlflow['parent_run_id'])}")
+    lines += [f"  seed {s} run    {shown(rid)}" for s, rid in mlflow["seed_run_ids"].items()]
+    return lines + [f"  {url}" for url in mlflow.get("links", {}).values()]
+
+
+def _reproduce(facts: Facts) -> list[str]:
+    reproduce = facts.reproduce
+    lines = ["reproduce (from the project root)"] + [f"  {c}" for c in reproduce["commands"]]
+    expect = ", ".join(f"seed {s} test {_num(v)}" for s, v in reproduce["expect"]["test"].items())
+    return lines + [f"  then {reproduce['expect']['file']} should hold {expect}"]
+
+
+def _missing(facts: Facts) -> list[str]:
+    lines = ["not in this checkout, and how to get it"]
+    for item in facts.missing:
+        lines += [f"  - {item.what}: {item.why}"] + [f"      {command}" for command in item.get]
+    return lines if facts.missing else lines + ["  nothing: checkpoints, data and MLflow runs are all here"]
+
+
+def render_text(facts: Facts) -> str:
+    seed = f" seed {facts.seed}" if facts.seed is not None else ""
+    traced = ("yes: the configuration, digests, data identity, code and metrics below are in files "
+              "committed to git"
+              if facts.traced_from_git else "no (see the notes)")
+    sections = [
+        [f"audit of {facts.cell}{seed} (matched {facts.matched.by} {facts.matched.value}; from {facts.source})",
+         f"traced from git: {traced}"],
+        _configuration(facts), _data(facts), _code(facts), _metrics(facts), _mlflow(facts), _reproduce(facts),
+        _missing(facts),
+        ["disagreements between the records and the current tree"]
+        + ([f"  ! [{d.kind}] {d.message}" for d in facts.disagreements] or ["  none"]),
+    ]
+    if facts.notes:
+        sections.append(["notes"] + [f"  - {note}" for note in facts.notes])
+    return "\n\n".join("\n".join(section) for section in sections) + "\n"

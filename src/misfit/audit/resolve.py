@@ -1,0 +1,122 @@
+"""A query (cell id, run id, config or cell digest, or a prefix of 8+ hex characters)
+to the cell, seed and record it names.
+
+records/<cell>.json in git answers first; the MLflow store, when there is one, answers
+for runs no record names (and for restored copies, through their original run id).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from misfit.audit.sources import Project, RECORDS_DIR, record_path
+from misfit.audit.store import ORIGINAL_RUN_ID, Store, original_id, record_from_run
+
+MIN_PREFIX = 8
+_HEX = re.compile(rf"[0-9a-f]{{{MIN_PREFIX},64}}")
+
+
+class AuditError(RuntimeError):
+    """The query names nothing, or more than one thing; the message says which."""
+
+
+@dataclass
+class Subject:
+    cell: str
+    seed: int | None
+    matched_by: str
+    matched: str
+    record: dict
+    from_store: bool  # the record was rebuilt from MLflow runs: records/<cell>.json does not name them
+
+
+def _record_candidates(query: str, records: dict[str, dict]) -> dict[tuple[str, str], tuple]:
+    """{(kind, full value): (cell, seed or None, None)} for what records/*.json name."""
+    found: dict[tuple[str, str], tuple] = {}
+    for cell, record in records.items():
+        if record["parent_run_id"].startswith(query):
+            found[("run id", record["parent_run_id"])] = (cell, None, None)
+        if record["cell_digest"].startswith(query):
+            found[("cell digest", record["cell_digest"])] = (cell, None, None)
+        for run in record["runs"]:
+            if run["run_id"].startswith(query):
+                found[("run id", run["run_id"])] = (cell, run["seed"], None)
+            if (run.get("config_digest") or "").startswith(query):
+                found[("config digest", run["config_digest"])] = (cell, run["seed"], None)
+    return found
+
+
+def _store_candidates(query: str, store: Store, found: dict) -> dict:
+    """What the store adds: runs no record names (each with its parent run)."""
+    if len(query) == 32 and ("run id", query) not in found:
+        run, _ = store.run(query)
+        if run is not None and "cell" in run.data.tags:
+            found.setdefault(("run id", original_id(run)), _placed(store, run))
+    searches = (("cell_digest", "cell digest"), ("config_digest", "config digest"), (ORIGINAL_RUN_ID, "run id"))
+    for tag, kind in searches:
+        for run in store.search(f"tags.`{tag}` LIKE '{query}%'"):
+            key = (kind, run.data.tags[tag])
+            if key in found:
+                continue
+            # a seed run carries its cell's digest too: the parent stands for the cell
+            if kind == "cell digest" and run.data.tags.get("misfit.level") == "seed":
+                continue
+            found[key] = _placed(store, run)
+    return found
+
+
+def _placed(store: Store, run) -> tuple:
+    tags = run.data.tags
+    if tags.get("misfit.level") == "seed":
+        parent, _ = store.run(tags.get("mlflow.parentRunId", ""))
+        if parent is None:
+            raise AuditError(f"run {run.info.run_id} ({tags['cell']} seed {tags['seed']}) has no parent "
+                             f"run in the MLflow store {store.uri}")
+        return tags["cell"], int(tags["seed"]), parent
+    return tags["cell"], None, run
+
+
+def resolve(query: str, seed: int | None, project: Project, store: Store) -> Subject:
+    records = project.records
+    if query in records or query in project.cell_ids:
+        return _for_cell(query, seed, "cell id", query, records, store)
+    hex_query = query.lower()
+    if not _HEX.fullmatch(hex_query):
+        raise AuditError(f"{query!r} is not a cell of params.yaml or {RECORDS_DIR}/, nor a run id or digest "
+                         f"(at least {MIN_PREFIX} hex characters)")
+    found = _record_candidates(hex_query, records)
+    if store.available:
+        found = _store_candidates(hex_query, store, found)
+    if not found:
+        where = f"{RECORDS_DIR}/*.json" + ("" if not store.available else f" or the MLflow store {store.uri}")
+        raise AuditError(f"no run id, config digest or cell digest in {where} starts with {hex_query!r}")
+    if len(found) > 1:
+        listing = "\n".join(f"  {kind} {value} ({cell}{'' if s is None else f' seed {s}'})"
+                            for (kind, value), (cell, s, _) in sorted(found.items()))
+        raise AuditError(f"{hex_query!r} is ambiguous; it starts:\n{listing}")
+    (kind, value), (cell, found_seed, parent) = next(iter(found.items()))
+    if seed is not None and found_seed is not None and seed != found_seed:
+        raise AuditError(f"{kind} {value} is seed {found_seed} of {cell}, not seed {seed}")
+    seed = found_seed if found_seed is not None else seed
+    record = records.get(cell)
+    if parent is None or (record and original_id(parent) == record["parent_run_id"]):
+        return _for_cell(cell, seed, kind, value, records, store)
+    return _subject(cell, seed, kind, value, record_from_run(store, parent), True)
+
+
+def _for_cell(cell: str, seed, kind: str, value: str, records: dict, store: Store) -> Subject:
+    if cell in records:
+        return _subject(cell, seed, kind, value, records[cell], False)
+    parents = store.search(f"tags.cell = '{cell}' and tags.`misfit.level` = 'cell'")
+    if not parents:
+        where = "" if not store.available else f" and no run in the MLflow store {store.uri}"
+        raise AuditError(f"{cell}: no {record_path(cell)}{where} (it is written by the train stage and "
+                         f"committed to git: git pull, or dvc repro train@{cell})")
+    return _subject(cell, seed, kind, value, record_from_run(store, parents[0]), True)
+
+
+def _subject(cell, seed, kind, value, record, from_store) -> Subject:
+    seeds = sorted({run["seed"] for run in record["runs"]})
+    if seed is not None and seed not in seeds:
+        raise AuditError(f"{cell} has no seed {seed}; its runs are seeds {seeds}")
+    return Subject(cell, seed, kind, value, record, from_store)
