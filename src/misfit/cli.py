@@ -1,4 +1,4 @@
-"""`misfit`: the project's command line (audit, ui, run). Each subcommand lives in its own module."""
+"""`misfit`: the project's command line (audit, restore-runs, ui, run). Each subcommand lives in its own module."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="misfit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     # each module adds its subcommand: register(commands) sets a `handler` default
-    for module_name in ("audit", "ui", "parallel"):
+    for module_name in ("audit", "restore", "ui", "parallel"):
         module = __import__(f"misfit.{module_name}", fromlist=["register"])
         module.register(commands)
     return parser

@@ -4,6 +4,9 @@ Every run carries the tags cell, task, study, recommended, seed and misfit.level
 for the parent run of a cell, seed for each seed's run). `--task binary` opens the run
 table filtered with  tags.task = 'binary' and tags.`misfit.level` = 'cell'  ; in the UI,
 "Group by" > Tags > cell puts each cell's seed runs together.
+
+In a clone, `--restore` first rebuilds the published runs from records/ in git
+(misfit restore-runs): new run ids, each tagged misfit.original_run_id.
 """
 from __future__ import annotations
 
@@ -56,6 +59,8 @@ def register(commands) -> None:
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default: 5000)")
     parser.add_argument("--task", choices=TASK_ORDER, help="open the run table filtered to this task's cells")
+    parser.add_argument("--restore", action="store_true",
+                        help="first rebuild the runs from records/ in git (misfit restore-runs): a clone is enough")
     parser.add_argument("-C", "--root", type=Path, default=Path("."), help="project root (default: .)")
     parser.set_defaults(handler=main)
 
@@ -65,11 +70,18 @@ def main(args: argparse.Namespace) -> int:
 
     root = args.root
     uri = tracking_uri(root)
+    if args.restore:
+        from misfit.restore import main as restore
+
+        code = restore(argparse.Namespace(root=root, cells=[]))
+        if code:
+            return code
     if uri.startswith(("http://", "https://")):
         print(f"MLFLOW_TRACKING_URI={uri} is a tracking server: open it in a browser, it is the UI")
         return 0
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        print(f"error: no MLflow store at {uri.removeprefix('sqlite:///')} yet; run `dvc repro` first",
+        print(f"error: no MLflow store at {uri.removeprefix('sqlite:///')} yet: `misfit ui --restore` "
+              "rebuilds the study's runs from records/ in git; `dvc repro` makes new ones",
               file=sys.stderr)
         return 1
     try:

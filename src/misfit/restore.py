@@ -1,0 +1,283 @@
+"""`misfit restore-runs`: a browsable MLflow store rebuilt from what git holds, no training.
+
+records/<cell>.json holds everything a cell's MLflow runs held except the checkpoints:
+the resolved parameters, the tags (commit, digests, code md5s, versions), every epoch of
+every run, the final and re-scored metrics, the data identity. This logs it again, one
+parent run per cell and one child run per training run, with MLflow's own client.
+
+MLflow gives every new run a new id (its API has no way to choose one), so each restored
+run carries its original id in the tag `misfit.original_run_id`, with `misfit.restored`
+= true and the commit its record was read at; `misfit audit <original id>` finds it.
+Runs already in the store (restored before, or the originals themselves) are skipped.
+
+Why not mlflow-export-import: it imports only its own export format (run.json written by
+its exporter from a live store); a clone has no store to export from, so we would write
+that format by hand from the records and still log everything through MLflow's client.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from misfit.audit.sources import Project, RecordError, git_out, record_path
+from misfit.audit.store import ORIGINAL_RUN_ID, RESTORED
+
+# MLflow's limits for one log_batch call
+MAX_ENTITIES_PER_BATCH = 1000  # metrics, params and tags together
+MAX_PARAMS_TAGS_PER_BATCH = 100
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class Restored:
+    uri: str
+    experiment_ids: set[str] = field(default_factory=set)
+    cells: int = 0
+    runs: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+def _number(value) -> float | None:
+    """A JSON metric (json_safe writes inf and nan as strings) as a float, or None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if value in ("inf", "-inf", "nan"):
+        return float(value)
+    return None
+
+
+def flat_params(record: dict, data_config: dict) -> dict[str, str]:
+    """The params the train stage logs: cell.*, protocol.*, data.* (str(value), as MLflow keeps them)."""
+    flat = {f"cell.{k}": v for k, v in record["cell"].items()}
+    flat.update({f"protocol.{k}": v for k, v in record["protocol"].items()})
+    flat.update({f"data.{k}": v for k, v in data_config.items()})
+    return {key: str(value) for key, value in flat.items()}
+
+
+def epoch_metrics(history: list[dict], metric: str, start_ms: int) -> list:
+    """Each epoch's numbers at step = epoch; timestamps from the epochs' own durations."""
+    from mlflow.entities import Metric
+
+    found, clock = [], 0.0
+    for entry in history:
+        clock += float(entry.get("seconds") or 0.0)
+        stamp = int(entry.get("timestamp_ms") or start_ms + clock * 1000)
+        for key, value in entry.items():
+            number = _number(value)
+            if key in ("epoch", "timestamp_ms") or number is None:
+                continue
+            name = f"valid_{metric}" if key == "valid_metric" else key
+            found.append(Metric(name, number, stamp, int(entry["epoch"])))
+    return found
+
+
+def final_metrics(run: dict, metric: str, stamp: int) -> list:
+    from mlflow.entities import Metric
+
+    values = {f"best_valid_{metric}": run.get("valid_best"), f"test_{metric}": run.get("test"),
+              "best_epoch": run.get("best_epoch"), "epochs_run": run.get("epochs_run")}
+    evaluated = run.get("evaluated") or {}
+    values.update({f"rescored_valid_{metric}": evaluated.get("valid_best"),
+                   f"rescored_test_{metric}": evaluated.get("test")})
+    for key, value in (run.get("initial") or {}).items():  # before the first update: step 0
+        values[f"initial_{'valid_' + metric if key == 'valid_metric' else key}"] = value
+    return [Metric(k, _number(v), stamp, 0) for k, v in values.items() if _number(v) is not None]
+
+
+def dataset_inputs(identity: dict) -> list:
+    """The splits as MLflow dataset inputs, identified by our SHA-256 as the train stage logs them."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for name in SPLITS:
+        split = (identity.get("splits") or {}).get(name)
+        if not split or not split.get("sha256"):
+            continue
+        dataset = Dataset(name=f"mnist-{name}", digest=split["sha256"][:36], source_type="local",
+                          source=json.dumps({"uri": f"data/split/{name}.npz"}))
+        tags = {"mlflow.data.context": name, "sha256": split["sha256"], "n": str(split.get("n"))}
+        inputs.append(DatasetInput(dataset, tags=[InputTag(k, v) for k, v in tags.items()]))
+    return inputs
+
+
+def summary_text(record: dict) -> str:
+    """The torchinfo summary: from the record if it holds one, else computed (no training)."""
+    if record.get("model_summary"):
+        return record["model_summary"]
+    from misfit.config import CellConfig
+
+    cell = CellConfig.model_validate(record["cell"])
+    return _summary(cell.n_outputs, cell.model_activation)
+
+
+@functools.lru_cache(maxsize=None)
+def _summary(n_outputs: int, activation: str) -> str:
+    # 42 cells share a handful of (outputs, activation) pairs; torchinfo runs the model each time
+    from misfit.model import model_summary
+
+    return model_summary(n_outputs, activation)
+
+
+class Restorer:
+    def __init__(self, project: Project):
+        from misfit.tracking import tracking_uri
+
+        self.project = project
+        self.head = git_out(project.root, "rev-parse", "HEAD") or "unknown"
+        self.done = Restored(tracking_uri(project.root))
+        self._experiments: dict[str, tuple] = {}
+        self._known: dict[str, set[str]] = {}
+
+    def experiment(self, name: str) -> tuple:
+        """(client, experiment id, the original run ids its runs stand for)."""
+        from misfit.tracking import open_experiment
+
+        if name not in self._experiments:
+            client, experiment_id = open_experiment(self.project.root, name)
+            known = set()
+            for run in client.search_runs([experiment_id], max_results=50000):
+                known.update((run.info.run_id, run.data.tags.get(ORIGINAL_RUN_ID, run.info.run_id)))
+            self._experiments[name] = (client, experiment_id)
+            self._known[experiment_id] = known
+            self.done.experiment_ids.add(experiment_id)
+        return self._experiments[name]
+
+    def start_ms(self, record: dict) -> int:
+        """When the run started, as near as git knows: its commit's time (else now)."""
+        stamp = git_out(self.project.root, "show", "-s", "--format=%ct", record["tags"].get("git_commit", "HEAD"))
+        return int(stamp) * 1000 if stamp and stamp.isdigit() else int(time.time() * 1000)
+
+    def restore_cell(self, cell: str, record: dict) -> None:
+        client, experiment_id = self.experiment(record.get("experiment") or "misfit")
+        known = self._known[experiment_id]
+        if record["parent_run_id"] in known and all(r["run_id"] in known for r in record["runs"]):
+            self.done.skipped += 1 + len(record["runs"])
+            return
+        start = self.start_ms(record)
+        summary = summary_text(record)
+        common = {k: str(v) for k, v in record["tags"].items() if not k.startswith("mlflow.")}
+        common.update({RESTORED: "true", "misfit.restored_from": f"{record_path(cell)}@{self.head}"})
+        main_config = record["data"].get("config", {})
+        parent = self._create(client, experiment_id, cell, start, {
+            **common, "misfit.level": "cell", ORIGINAL_RUN_ID: record["parent_run_id"]})
+        params = {**flat_params(record, main_config), "seeds": str(record["seeds"])}
+        self._log(client, parent, params=params, metrics=self._parent_metrics(record, start))
+        failed = [r for r in record["runs"] if r["status"] != "ok"]
+        client.log_text(parent, summary, "model_summary.txt")
+        end = start
+        for run in record["runs"]:
+            end = max(end, self.restore_run(client, experiment_id, cell, record, run, parent, common, start, summary))
+        client.set_terminated(parent, status="FAILED" if failed else "FINISHED", end_time=end)
+        self.done.cells += 1
+        self.done.runs += 1 + len(record["runs"])
+
+    def restore_run(self, client, experiment_id, cell, record, run, parent, common, start, summary) -> int:
+        main = (record["data"].get("config") or {}).get("subset_seed")
+        draw = run.get("subset_seed", main)
+        identity = record["data"] if draw == main else (record.get("draws") or {}).get(str(draw), {})
+        name = f"{cell} seed={run['seed']}" if draw == main else f"{cell} draw={draw} seed={run['seed']}"
+        tags = {**common, "misfit.level": "seed", "mlflow.parentRunId": parent, "seed": str(run["seed"]),
+                "config_digest": str(run.get("config_digest")), "status": run["status"],
+                "error": run.get("error") or "-", ORIGINAL_RUN_ID: run["run_id"]}
+        if identity.get("dataset_sha256"):
+            tags["data_sha256"] = identity["dataset_sha256"]
+        run_id = self._create(client, experiment_id, name, start, tags)
+        data_config = identity.get("config") or {**(record["data"].get("config") or {}), "subset_seed": draw}
+        history = run.get("history") or []
+        metrics = epoch_metrics(history, record["metric"], start)
+        end = max([m.timestamp for m in metrics], default=start)
+        metrics += final_metrics(run, record["metric"], end)
+        self._log(client, run_id, params={**flat_params(record, data_config), "seed": str(run["seed"])},
+                  metrics=metrics)
+        inputs = dataset_inputs(identity)
+        if inputs:
+            client.log_inputs(run_id, datasets=inputs)
+        client.log_text(run_id, summary, "model_summary.txt")
+        client.set_terminated(run_id, status="FINISHED" if run["status"] == "ok" else "FAILED", end_time=end)
+        return end
+
+    def _parent_metrics(self, record: dict, stamp: int) -> list:
+        """What the train stage logs on the parent: n_ok, n_failed, mean and std over the main draw."""
+        import statistics
+
+        from mlflow.entities import Metric
+
+        main = (record["data"].get("config") or {}).get("subset_seed")
+        runs = [r for r in record["runs"] if r.get("subset_seed", main) == main]
+        ok = [r for r in runs if r["status"] == "ok"]
+        values = {"n_ok": len(ok), "n_failed": len(runs) - len(ok)}
+        metric = record["metric"]
+        for key, name in (("test", f"test_{metric}"), ("valid_best", f"best_valid_{metric}")):
+            numbers = [_number(r.get(key)) for r in ok if _number(r.get(key)) is not None]
+            if numbers:
+                values[f"{name}_mean"] = statistics.fmean(numbers)
+            if len(numbers) > 1:
+                values[f"{name}_std"] = statistics.stdev(numbers)
+        return [Metric(k, float(v), stamp, 0) for k, v in values.items()]
+
+    def _create(self, client, experiment_id: str, name: str, start: int, tags: dict) -> str:
+        # tags beyond MLflow's 8,000-character value limit would fail the whole batch
+        return client.create_run(experiment_id, start_time=start, run_name=name,
+                                 tags={k: v[:8000] for k, v in tags.items()}).info.run_id
+
+    def _log(self, client, run_id: str, params: dict, metrics: list) -> None:
+        """Params and metrics in as few log_batch calls as MLflow's limits allow (each call is a
+        database transaction: most of a restore's time)."""
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        while items or metrics:
+            head, items = items[:MAX_PARAMS_TAGS_PER_BATCH], items[MAX_PARAMS_TAGS_PER_BATCH:]
+            room = MAX_ENTITIES_PER_BATCH - len(head)
+            batch, metrics = metrics[:room], metrics[room:]
+            client.log_batch(run_id, params=head, metrics=batch)
+
+
+def restore_runs(root: Path, cells: list[str] | None = None) -> Restored:
+    project = Project(Path(root))
+    records = project.records
+    if not records:
+        raise RecordError(f"{project.root / 'records'}: no records/*.json to restore from "
+                          "(they are committed by the train stage; git pull, or dvc repro)")
+    unknown = sorted(set(cells or []) - set(records))
+    if unknown:
+        raise RecordError(f"no records/<cell>.json for {', '.join(unknown)}")
+    restorer = Restorer(project)
+    started = time.perf_counter()
+    for cell in cells or sorted(records):
+        restorer.restore_cell(cell, records[cell])
+    restorer.done.seconds = time.perf_counter() - started
+    return restorer.done
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("restore-runs", help="rebuild a browsable MLflow store from records/ in git",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cells", nargs="*", help="only these cells (default: every records/*.json)")
+    parser.add_argument("-C", "--root", type=Path, default=Path("."), help="project root (default: .)")
+    parser.set_defaults(handler=main)
+
+
+def report(done: Restored) -> str:
+    return (f"restored {done.runs} runs of {done.cells} cells into {done.uri} in {done.seconds:.1f} s"
+            + (f"; {done.skipped} runs were already there" if done.skipped else "")
+            + "\n  each is tagged misfit.restored=true and misfit.original_run_id=<the id in the report>; "
+              "browse them with: misfit ui")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        done = restore_runs(args.root, args.cells)
+    except RecordError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(report(done))
+    return 0
