@@ -102,6 +102,8 @@ def make_project(target: Path, params: dict | None = None) -> Path:
     run(["git", "init", "-q"], target, env)
     run(["dvc", "init", "-q"], target, env)
     run(["dvc", "config", "core.analytics", "false"], target, env)
+    if (REPO / ".dvc" / "plots").is_dir():  # the plot templates dvc.yaml names (dvc init made .dvc/)
+        shutil.copytree(REPO / ".dvc" / "plots", target / ".dvc" / "plots")
     run(["git", "add", "-A"], target, env)
     run(["git", "commit", "-q", "-m", "project"], target, env)
     return target
@@ -143,6 +145,27 @@ def synthetic_project(tmp: Path, cells: list[str], repro: bool = True, **overrid
     root = make_project(tmp / "project", small_params(cells, **overrides))
     done = run(["dvc", "repro"], root, env) if repro else None
     return root, env, done
+
+
+PUBLISHED_CELLS = ["regression-none-mse-zscore", "binary-logits-ce"]  # one cell in each study
+
+
+@pytest.fixture(scope="session")
+def published(tmp_path_factory):
+    """A small study run and published as the repository publishes it: every output that is
+    not DVC-cached (records, metrics, report, dvc.lock) committed. Tests clone it; none changes it.
+
+    Returns (project root, environment for its commands)."""
+    root, env, _ = synthetic_project(tmp_path_factory.mktemp("published"), PUBLISHED_CELLS)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "the study's results"], root, env)
+    return root, env
+
+
+def fresh_clone(source: Path, target: Path, env: dict) -> Path:
+    """`git clone`, as a new user gets the project: no DVC cache, no MLflow store."""
+    run(["git", "clone", "-q", str(source), str(target)], target.parent, env)
+    return target
 
 
 def free_port() -> int:

@@ -176,3 +176,59 @@ def test_stopping_misfit_ui_stops_the_server(server):
     assert not any(alive(group) for group in server.groups)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{server.base}/health", timeout=5)
+
+
+# -- a clone's restored store --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def restored_server(published, tmp_path_factory):
+    """`misfit ui --restore` in a fresh clone of the published study: no store until it rebuilds one."""
+    from conftest import base_env, fresh_clone
+
+    root, _ = published
+    clone = fresh_clone(root, tmp_path_factory.mktemp("restored") / "clone", base_env())
+    port = free_port()
+    log = clone.parent / "ui.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen(["misfit", "ui", "--restore", "--port", str(port)], cwd=clone, env=base_env(),
+                                   stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    server_groups: list[int] = []
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for_health(base, process, log, timeout=240)
+        server_groups += children(process.pid)
+        yield SimpleNamespace(base=base, log=log, clone=clone)
+    finally:
+        stop(process, server_groups)
+
+
+def test_restored_store_shows_a_report_run_id(restored_server, chromium, tmp_path):
+    from misfit.ui import runs_url
+
+    clone = restored_server.clone
+    n_runs = sum(1 + len(json.loads(path.read_text())["runs"]) for path in clone.glob("records/*.json"))
+    assert f"restored {n_runs} runs of 2 cells" in restored_server.log.read_text()
+    entry = json.loads((clone / "reports" / "results.json").read_text())["cells"]["binary-logits-ce"]
+    record = json.loads((clone / "records" / "binary-logits-ce.json").read_text())
+    seed_run = record["runs"][0]
+    assert seed_run["run_id"] in json.dumps(entry)  # a run id the report names
+    # the run table, searched by the original parent id the report prints, shows the cell's restored run
+    parent_search = f"tags.`misfit.original_run_id` = '{record['parent_run_id']}'"
+    assert record["parent_run_id"] in json.dumps(entry)
+    done = browse(chromium, runs_url(restored_server.base, experiment_id(clone), parent_search),
+                  tmp_path / "profile", "--dump-dom")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"^\s*binary-logits-ce\s*$", visible_text(done.stdout), re.M)
+    search = f"tags.`misfit.original_run_id` = '{seed_run['run_id']}'"
+    # and the restored run's own page carries the original id among its tags
+    from mlflow import MlflowClient
+
+    from misfit.tracking import tracking_uri
+
+    (restored,) = MlflowClient(tracking_uri(clone)).search_runs([experiment_id(clone)], search)
+    page = f"{restored_server.base}/#/experiments/{experiment_id(clone)}/runs/{restored.info.run_id}"
+    done = browse(chromium, page, tmp_path / "profile", "--dump-dom")
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = visible_text(done.stdout)
+    assert f"Run {restored.info.run_id}" in text or restored.info.run_id in text
+    assert seed_run["run_id"] in text
