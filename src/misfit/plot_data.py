@@ -18,10 +18,9 @@ from pathlib import Path
 
 from misfit.config import load_params
 from misfit.files import json_float, read_json, write_text_atomic
-from misfit.layout import METRICS_DIR, PARAMS_FILE, REPORTS_DIR
+from misfit.layout import METRICS_DIR, PARAMS_FILE, RECORDS_DIR, REPORTS_DIR
 
 PLOTS_DIR = REPORTS_DIR / "plots"
-RECORDS_DIR = Path("records")
 CURVE_COLUMNS = ("task", "cell", "epoch", "valid_metric", "n_seeds")
 TEST_COLUMNS = ("task", "cell", "metric", "test_mean", "test_sd", "test_lo", "test_hi", "n")
 

@@ -54,28 +54,37 @@ def _number(value) -> float | None:
     return None
 
 
-def flat_params(record: dict, data_config: dict) -> dict[str, str]:
-    """The params the train stage logs: cell.*, protocol.*, data.* (str(value), as MLflow keeps them)."""
+def flat_params(record: dict) -> dict[str, str]:
+    """The parent's params as the train stage logs them: cell.*, protocol.*, data.* of the main
+    draw, seeds, draws.subset_seeds (str(value): MLflow keeps strings)."""
     flat = {f"cell.{k}": v for k, v in record["cell"].items()}
     flat.update({f"protocol.{k}": v for k, v in record["protocol"].items()})
-    flat.update({f"data.{k}": v for k, v in data_config.items()})
+    flat.update({f"data.{k}": v for k, v in (record["data"].get("config") or {}).items()})
+    flat.update({"seeds": record["seeds"], "draws.subset_seeds": [int(d) for d in record.get("draws") or {}]})
     return {key: str(value) for key, value in flat.items()}
 
 
-def epoch_metrics(history: list[dict], metric: str, start_ms: int) -> list:
-    """Each epoch's numbers at step = epoch; timestamps from the epochs' own durations."""
+def main_draw(record: dict) -> int | None:
+    return (record["data"].get("config") or {}).get("subset_seed")
+
+
+def epoch_metrics(run: dict, metric: str, start_ms: int) -> list:
+    """What the train stage logs per epoch: `initial` at step 0, then each epoch at its number,
+    every numeric value, valid_metric named valid_<metric>. The records hold each epoch's
+    duration, not its wall time: timestamps are the run's start plus the epochs' seconds."""
     from mlflow.entities import Metric
 
     found, clock = [], 0.0
-    for entry in history:
-        clock += float(entry.get("seconds") or 0.0)
-        stamp = int(entry.get("timestamp_ms") or start_ms + clock * 1000)
+    for entry in [run.get("initial") or {}, *(run.get("history") or [])]:
+        if "epoch" not in entry:
+            continue
+        clock += float(_number(entry.get("seconds")) or 0.0)
+        stamp = int(start_ms + clock * 1000)
         for key, value in entry.items():
             number = _number(value)
-            if key in ("epoch", "timestamp_ms") or number is None:
-                continue
-            name = f"valid_{metric}" if key == "valid_metric" else key
-            found.append(Metric(name, number, stamp, int(entry["epoch"])))
+            if number is not None:
+                name = f"valid_{metric}" if key == "valid_metric" else key
+                found.append(Metric(name, number, stamp, int(entry["epoch"])))
     return found
 
 
@@ -84,15 +93,25 @@ def final_metrics(run: dict, metric: str, stamp: int) -> list:
 
     values = {f"best_valid_{metric}": run.get("valid_best"), f"test_{metric}": run.get("test"),
               "best_epoch": run.get("best_epoch"), "epochs_run": run.get("epochs_run")}
-    evaluated = run.get("evaluated") or {}
-    values.update({f"rescored_valid_{metric}": evaluated.get("valid_best"),
-                   f"rescored_test_{metric}": evaluated.get("test")})
-    for key, value in (run.get("initial") or {}).items():  # before the first update: step 0
-        values[f"initial_{'valid_' + metric if key == 'valid_metric' else key}"] = value
     return [Metric(k, _number(v), stamp, 0) for k, v in values.items() if _number(v) is not None]
 
 
-def dataset_inputs(identity: dict) -> list:
+def parent_metrics(record: dict, stamp: int) -> list:
+    """The parent's summary as the train stage logs it, computed by metrics/<cell>.json's own function."""
+    from mlflow.entities import Metric
+
+    from misfit.evaluate import cell_metrics
+
+    runs, metric = record["runs"], record["metric"]
+    summary = cell_metrics(runs, main_draw(record))
+    values = {"n_runs": len(runs), "n_failed": sum(r["status"] != "ok" for r in runs)}
+    for key, name in (("test", f"test_{metric}"), ("valid_best", f"best_valid_{metric}")):
+        values.update({f"{name}_{stat}": summary[key][stat] for stat in ("median", "mean", "sd")
+                       if stat in summary[key]})
+    return [Metric(k, float(v), stamp, 0) for k, v in values.items()]
+
+
+def dataset_inputs(identity: dict, split_dir: Path) -> list:
     """The splits as MLflow dataset inputs, identified by our SHA-256 as the train stage logs them."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
@@ -102,7 +121,7 @@ def dataset_inputs(identity: dict) -> list:
         if not split or not split.get("sha256"):
             continue
         dataset = Dataset(name=f"mnist-{name}", digest=split["sha256"][:36], source_type="local",
-                          source=json.dumps({"uri": f"data/split/{name}.npz"}))
+                          source=json.dumps({"uri": str(split_dir / f"{name}.npz")}))
         tags = {"mlflow.data.context": name, "sha256": split["sha256"], "n": str(split.get("n"))}
         inputs.append(DatasetInput(dataset, tags=[InputTag(k, v) for k, v in tags.items()]))
     return inputs
@@ -165,63 +184,46 @@ class Restorer:
         summary = summary_text(record)
         common = {k: str(v) for k, v in record["tags"].items() if not k.startswith("mlflow.")}
         common.update({RESTORED: "true", "misfit.restored_from": f"{record_path(cell)}@{self.head}"})
-        main_config = record["data"].get("config", {})
         parent = self._create(client, experiment_id, cell, start, {
             **common, "misfit.level": "cell", ORIGINAL_RUN_ID: record["parent_run_id"]})
-        params = {**flat_params(record, main_config), "seeds": str(record["seeds"])}
-        self._log(client, parent, params=params, metrics=self._parent_metrics(record, start))
-        failed = [r for r in record["runs"] if r["status"] != "ok"]
+        params = flat_params(record)
+        self._log(client, parent, params=params, metrics=parent_metrics(record, start))
         client.log_text(parent, summary, "model_summary.txt")
         end = start
         for run in record["runs"]:
-            end = max(end, self.restore_run(client, experiment_id, cell, record, run, parent, common, start, summary))
+            end = max(end, self.restore_run(client, experiment_id, cell, record, run,
+                                            (parent, common, params, start, summary)))
+        failed = any(r["status"] != "ok" for r in record["runs"])
         client.set_terminated(parent, status="FAILED" if failed else "FINISHED", end_time=end)
         self.done.cells += 1
         self.done.runs += 1 + len(record["runs"])
 
-    def restore_run(self, client, experiment_id, cell, record, run, parent, common, start, summary) -> int:
-        main = (record["data"].get("config") or {}).get("subset_seed")
+    def restore_run(self, client, experiment_id: str, cell: str, record: dict, run: dict, shared: tuple) -> int:
+        """One child run, as the train stage names, tags and fills it; returns its end time."""
+        from misfit.data import draw_dir
+        from misfit.layout import SPLIT_DIR
+        from misfit.train_stage import run_name
+        from misfit.training import Member
+
+        parent, common, params, start, summary = shared
+        main = main_draw(record)
         draw = run.get("subset_seed", main)
         identity = record["data"] if draw == main else (record.get("draws") or {}).get(str(draw), {})
-        name = f"{cell} seed={run['seed']}" if draw == main else f"{cell} draw={draw} seed={run['seed']}"
         tags = {**common, "misfit.level": "seed", "mlflow.parentRunId": parent, "seed": str(run["seed"]),
-                "config_digest": str(run.get("config_digest")), "status": run["status"],
-                "error": run.get("error") or "-", ORIGINAL_RUN_ID: run["run_id"]}
-        if identity.get("dataset_sha256"):
-            tags["data_sha256"] = identity["dataset_sha256"]
-        run_id = self._create(client, experiment_id, name, start, tags)
-        data_config = identity.get("config") or {**(record["data"].get("config") or {}), "subset_seed": draw}
-        history = run.get("history") or []
-        metrics = epoch_metrics(history, record["metric"], start)
+                "subset_seed": str(draw), "config_digest": str(run.get("config_digest")),
+                "status": run["status"], "error": run.get("error") or "-", ORIGINAL_RUN_ID: run["run_id"]}
+        run_id = self._create(client, experiment_id, run_name(cell, Member(draw, run["seed"]), main), start, tags)
+        metrics = epoch_metrics(run, record["metric"], start)
         end = max([m.timestamp for m in metrics], default=start)
         metrics += final_metrics(run, record["metric"], end)
-        self._log(client, run_id, params={**flat_params(record, data_config), "seed": str(run["seed"])},
+        self._log(client, run_id, params={**params, "seed": str(run["seed"]), "data.subset_seed": str(draw)},
                   metrics=metrics)
-        inputs = dataset_inputs(identity)
+        inputs = dataset_inputs(identity, draw_dir(SPLIT_DIR, draw, main))
         if inputs:
             client.log_inputs(run_id, datasets=inputs)
         client.log_text(run_id, summary, "model_summary.txt")
         client.set_terminated(run_id, status="FINISHED" if run["status"] == "ok" else "FAILED", end_time=end)
         return end
-
-    def _parent_metrics(self, record: dict, stamp: int) -> list:
-        """What the train stage logs on the parent: n_ok, n_failed, mean and std over the main draw."""
-        import statistics
-
-        from mlflow.entities import Metric
-
-        main = (record["data"].get("config") or {}).get("subset_seed")
-        runs = [r for r in record["runs"] if r.get("subset_seed", main) == main]
-        ok = [r for r in runs if r["status"] == "ok"]
-        values = {"n_ok": len(ok), "n_failed": len(runs) - len(ok)}
-        metric = record["metric"]
-        for key, name in (("test", f"test_{metric}"), ("valid_best", f"best_valid_{metric}")):
-            numbers = [_number(r.get(key)) for r in ok if _number(r.get(key)) is not None]
-            if numbers:
-                values[f"{name}_mean"] = statistics.fmean(numbers)
-            if len(numbers) > 1:
-                values[f"{name}_std"] = statistics.stdev(numbers)
-        return [Metric(k, float(v), stamp, 0) for k, v in values.items()]
 
     def _create(self, client, experiment_id: str, name: str, start: int, tags: dict) -> str:
         # tags beyond MLflow's 8,000-character value limit would fail the whole batch

@@ -33,19 +33,19 @@ from misfit.audit.store import open_store
 __all__ = ["AuditError", "audit", "audit_facts", "open_store", "register", "main", "render_text"]
 
 
-def audit_facts(root: Path, query: str, seed: int | None = None) -> Facts:
+def audit_facts(root: Path, query: str, seed: int | None = None, draw: int | None = None) -> Facts:
     project = Project(Path(root))
     store = open_store(project.root)
     try:
-        subject = resolve(query.strip(), seed, project, store)
+        subject = resolve(query.strip(), seed, project, store, draw)
     except RecordError as error:
         raise AuditError(str(error)) from error
     return build(project, store, query, subject)
 
 
-def audit(root: Path, query: str, seed: int | None = None) -> dict:
+def audit(root: Path, query: str, seed: int | None = None, draw: int | None = None) -> dict:
     """The audit as JSON-ready data (what `misfit audit --json` prints)."""
-    return audit_facts(root, query, seed).to_json()
+    return audit_facts(root, query, seed, draw).to_json()
 
 
 def register(commands) -> None:
@@ -54,7 +54,9 @@ def register(commands) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("query", help="cell id, MLflow run id, config digest or cell digest "
                         f"(full, or a unique prefix of at least {MIN_PREFIX} hex characters)")
-    parser.add_argument("--seed", type=int, default=None, help="one seed of the cell")
+    parser.add_argument("--seed", type=int, default=None, help="one seed of the cell (on the main data draw)")
+    parser.add_argument("--draw", type=int, default=None,
+                        help="with --seed: the run on this further data draw (its data.subset_seed)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument("-C", "--root", type=Path, default=Path("."), help="project root (default: .)")
     parser.set_defaults(handler=main)
@@ -62,7 +64,7 @@ def register(commands) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        facts = audit_facts(args.root, args.query, args.seed)
+        facts = audit_facts(args.root, args.query, args.seed, args.draw)
     except AuditError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

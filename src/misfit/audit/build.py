@@ -1,6 +1,7 @@
 """From a resolved query to the Facts: the record's values, the checks, the commands."""
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import statistics
@@ -16,8 +17,9 @@ ENV_MIRROR, ENV_MANIFEST = "MNIST_MIRROR", "MNIST_MANIFEST"
 
 
 def summarize(values: list) -> dict:
-    """As metrics/<cell>.json writes it: mean, sample sd, median, min, max, n."""
-    finite = [v for v in values if isinstance(v, (int, float))]
+    """As metrics/<cell>.json writes it (misfit.evaluate.summarize, which would import torch
+    into every audit): mean, sample sd, median, min, max, n of the finite values."""
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     if not finite:
         return {"mean": None, "sd": None, "median": None, "min": None, "max": None, "n": 0}
     return {"mean": statistics.fmean(finite), "sd": statistics.stdev(finite) if len(finite) > 1 else None,
@@ -40,7 +42,8 @@ def build(project: Project, store: Store, query: str, subject: Subject) -> Facts
     record = subject.record
     audit = Audit(project, store, subject.cell, subject.seed, record, subject.from_store)
     # the runs of the audited number: one seed, or all; every data draw the record holds
-    runs = [r for r in record["runs"] if subject.seed in (None, r["seed"])]
+    runs = [r for r in record["runs"] if subject.seed in (None, r["seed"])
+            and subject.subset_seed in (None, r.get("subset_seed", main_draw(record)))]
     main = [r for r in record["runs"] if r.get("subset_seed") in (None, main_draw(record))]
     summary = {key: summarize([r.get(key) for r in main if r.get("status") == "ok"])
                for key in ("valid_best", "test", "best_epoch")}
@@ -58,7 +61,8 @@ def build(project: Project, store: Store, query: str, subject: Subject) -> Facts
     tags, metric = audit.tags, record["metric"]
     experiment = record.get("experiment")
     return Facts(
-        query=query, matched=Match(subject.matched_by, subject.matched), cell=subject.cell, seed=subject.seed,
+        query=query, matched=Match(subject.matched_by, subject.matched), cell=subject.cell,
+        seed=subject.seed, draw=subject.subset_seed,
         source=(f"MLflow run {record['parent_run_id']}" if subject.from_store else str(record_path(subject.cell))),
         traced_from_git=traced,
         configuration={"cell": record["cell"], "protocol": record["protocol"],

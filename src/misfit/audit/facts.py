@@ -60,6 +60,7 @@ class Facts:
     matched: Match
     cell: str
     seed: int | None
+    draw: int | None  # with seed: the data draw (data.subset_seed) of the one run audited
     source: str  # where the record came from: records/<cell>.json, or an MLflow run
     traced_from_git: bool  # every value below comes from files committed in git
     configuration: dict

@@ -113,6 +113,8 @@ def _missing(facts: Facts) -> list[str]:
 
 def render_text(facts: Facts) -> str:
     seed = f" seed {facts.seed}" if facts.seed is not None else ""
+    if facts.seed is not None and facts.draw not in (None, facts.metrics["main_draw"]):
+        seed += f" on data draw {facts.draw}"
     traced = ("yes: the configuration, digests, data identity, code and metrics below are in files "
               "committed to git"
               if facts.traced_from_git else "no (see the notes)")

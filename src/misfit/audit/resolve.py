@@ -24,6 +24,7 @@ class AuditError(RuntimeError):
 class Subject:
     cell: str
     seed: int | None
+    subset_seed: int | None  # the data draw of the one run audited (None: the cell, or the main draw)
     matched_by: str
     matched: str
     record: dict
@@ -31,18 +32,19 @@ class Subject:
 
 
 def _record_candidates(query: str, records: dict[str, dict]) -> dict[tuple[str, str], tuple]:
-    """{(kind, full value): (cell, seed or None, None)} for what records/*.json name."""
+    """{(kind, full value): (cell, seed or None, draw or None, None)} for what records/*.json name."""
     found: dict[tuple[str, str], tuple] = {}
     for cell, record in records.items():
         if record["parent_run_id"].startswith(query):
-            found[("run id", record["parent_run_id"])] = (cell, None, None)
+            found[("run id", record["parent_run_id"])] = (cell, None, None, None)
         if record["cell_digest"].startswith(query):
-            found[("cell digest", record["cell_digest"])] = (cell, None, None)
+            found[("cell digest", record["cell_digest"])] = (cell, None, None, None)
         for run in record["runs"]:
+            member = (cell, run["seed"], run.get("subset_seed"), None)
             if run["run_id"].startswith(query):
-                found[("run id", run["run_id"])] = (cell, run["seed"], None)
+                found[("run id", run["run_id"])] = member
             if (run.get("config_digest") or "").startswith(query):
-                found[("config digest", run["config_digest"])] = (cell, run["seed"], None)
+                found[("config digest", run["config_digest"])] = member
     return found
 
 
@@ -72,14 +74,16 @@ def _placed(store: Store, run) -> tuple:
         if parent is None:
             raise AuditError(f"run {run.info.run_id} ({tags['cell']} seed {tags['seed']}) has no parent "
                              f"run in the MLflow store {store.uri}")
-        return tags["cell"], int(tags["seed"]), parent
-    return tags["cell"], None, run
+        draw = tags.get("subset_seed")
+        return tags["cell"], int(tags["seed"]), int(draw) if draw and draw.isdigit() else None, parent
+    return tags["cell"], None, None, run
 
 
-def resolve(query: str, seed: int | None, project: Project, store: Store) -> Subject:
+def resolve(query: str, seed: int | None, project: Project, store: Store, draw: int | None = None) -> Subject:
+    """`seed` (and `draw`, a further data draw's subset seed) narrow a cell to one run."""
     records = project.records
     if query in records or query in project.cell_ids:
-        return _for_cell(query, seed, "cell id", query, records, store)
+        return _for_cell(query, seed, draw, "cell id", query, records, store)
     hex_query = query.lower()
     if not _HEX.fullmatch(hex_query):
         raise AuditError(f"{query!r} is not a cell of params.yaml or {RECORDS_DIR}/, nor a run id or digest "
@@ -92,31 +96,40 @@ def resolve(query: str, seed: int | None, project: Project, store: Store) -> Sub
         raise AuditError(f"no run id, config digest or cell digest in {where} starts with {hex_query!r}")
     if len(found) > 1:
         listing = "\n".join(f"  {kind} {value} ({cell}{'' if s is None else f' seed {s}'})"
-                            for (kind, value), (cell, s, _) in sorted(found.items()))
+                            for (kind, value), (cell, s, _, _) in sorted(found.items()))
         raise AuditError(f"{hex_query!r} is ambiguous; it starts:\n{listing}")
-    (kind, value), (cell, found_seed, parent) = next(iter(found.items()))
+    (kind, value), (cell, found_seed, found_draw, parent) = next(iter(found.items()))
     if seed is not None and found_seed is not None and seed != found_seed:
         raise AuditError(f"{kind} {value} is seed {found_seed} of {cell}, not seed {seed}")
     seed = found_seed if found_seed is not None else seed
+    draw = found_draw if found_draw is not None else draw
     record = records.get(cell)
     if parent is None or (record and original_id(parent) == record["parent_run_id"]):
-        return _for_cell(cell, seed, kind, value, records, store)
-    return _subject(cell, seed, kind, value, record_from_run(store, parent), True)
+        return _for_cell(cell, seed, draw, kind, value, records, store)
+    return _subject(cell, seed, draw, kind, value, record_from_run(store, parent), True)
 
 
-def _for_cell(cell: str, seed, kind: str, value: str, records: dict, store: Store) -> Subject:
+def _for_cell(cell: str, seed, draw, kind: str, value: str, records: dict, store: Store) -> Subject:
     if cell in records:
-        return _subject(cell, seed, kind, value, records[cell], False)
+        return _subject(cell, seed, draw, kind, value, records[cell], False)
     parents = store.search(f"tags.cell = '{cell}' and tags.`misfit.level` = 'cell'")
     if not parents:
         where = "" if not store.available else f" and no run in the MLflow store {store.uri}"
         raise AuditError(f"{cell}: no {record_path(cell)}{where} (it is written by the train stage and "
                          f"committed to git: git pull, or dvc repro train@{cell})")
-    return _subject(cell, seed, kind, value, record_from_run(store, parents[0]), True)
+    return _subject(cell, seed, draw, kind, value, record_from_run(store, parents[0]), True)
 
 
-def _subject(cell, seed, kind, value, record, from_store) -> Subject:
-    seeds = sorted({run["seed"] for run in record["runs"]})
+def _subject(cell, seed, draw, kind, value, record, from_store) -> Subject:
+    main = (record["data"].get("config") or {}).get("subset_seed")
+    if seed is not None and draw is None:
+        draw = main  # a seed alone names the main draw's run
+    runs = [r for r in record["runs"] if r.get("subset_seed", main) == draw or draw is None]
+    if draw is not None and not runs:
+        draws = sorted({r.get("subset_seed", main) for r in record["runs"]})
+        raise AuditError(f"{cell} has no runs on data draw {draw}; its draws are {draws}")
+    seeds = sorted({run["seed"] for run in runs})
     if seed is not None and seed not in seeds:
-        raise AuditError(f"{cell} has no seed {seed}; its runs are seeds {seeds}")
-    return Subject(cell, seed, kind, value, record, from_store)
+        on = "" if draw in (None, main) else f" on draw {draw}"
+        raise AuditError(f"{cell} has no seed {seed}{on}; its runs are seeds {seeds}")
+    return Subject(cell, seed, draw if seed is not None else None, kind, value, record, from_store)

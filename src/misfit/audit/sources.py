@@ -15,9 +15,8 @@ from pathlib import Path
 import yaml
 
 from misfit.files import read_json
-from misfit.layout import METRICS_DIR, MODELS_DIR, PARAMS_FILE, REPORTS_DIR, SPLIT_DIR
+from misfit.layout import METRICS_DIR, MODELS_DIR, PARAMS_FILE, RECORDS_DIR, REPORTS_DIR, SPLIT_DIR
 
-RECORDS_DIR = Path("records")
 RESULTS_FILE = REPORTS_DIR / "results.json"
 LOCK_FILE = Path("dvc.lock")
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
