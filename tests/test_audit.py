@@ -37,13 +37,18 @@ def in_project(project, monkeypatch):
 
 
 def record(root: Path, cell: str = CELL) -> dict:
-    return json.loads((root / "models" / cell / "record.json").read_text())
+    return json.loads((root / "records" / f"{cell}.json").read_text())
 
 
-def audit(root: Path, query: str, seed: int | None = None) -> dict:
+def main_runs(rec: dict) -> list[dict]:
+    """The runs on the main data draw (CELL also has one further draw)."""
+    return [r for r in rec["runs"] if r["subset_seed"] == rec["data"]["config"]["subset_seed"]]
+
+
+def audit(root: Path, query: str, seed: int | None = None, draw: int | None = None) -> dict:
     from misfit.audit import audit as run_audit
 
-    return run_audit(root, query, seed)
+    return run_audit(root, query, seed, draw)
 
 
 def cli(root: Path, env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -75,7 +80,7 @@ def test_by_cell_id_prints_config_data_code_metrics_runs_and_commands(project):
         f"git commit {head} (dirty: false)", "md5 ", "src/misfit/training.py",
         f"parent run    {rec['parent_run_id']}",
         f"git checkout {head}", f"MNIST_MIRROR={env['MNIST_MIRROR']}", f"MNIST_MANIFEST={env['MNIST_MANIFEST']}",
-        "dvc repro label-derive", f"dvc repro --force --single-item train@{CELL} evaluate@{CELL}",
+        "dvc repro label-derive", f"dvc repro --force --single-item train@{CELL}",
     ):
         assert expected in text, expected
     for run_record in rec["runs"]:
@@ -86,7 +91,7 @@ def test_by_cell_id_prints_config_data_code_metrics_runs_and_commands(project):
 def test_seed_narrows_to_one_run(in_project):
     rec = record(in_project)
     report = audit(in_project, CELL, seed=1)
-    seed1 = next(r for r in rec["runs"] if r["seed"] == 1)
+    seed1 = next(r for r in main_runs(rec) if r["seed"] == 1)
     assert report["seed"] == 1
     assert [r["seed"] for r in report["metrics"]["seeds"]] == [1]
     assert report["metrics"]["seeds"][0]["test"] == seed1["test"]
@@ -133,7 +138,12 @@ def test_by_digest_prefix(in_project):
     assert (report["cell"], report["seed"]) == (CELL, 0)
     report = audit(in_project, rec["cell_digest"])
     assert report["matched"]["by"] == "cell digest" and report["seed"] is None
-    assert [r["seed"] for r in report["metrics"]["seeds"]] == [0, 1]
+    assert [(r["subset_seed"], r["seed"]) for r in report["metrics"]["seeds"]] == [(0, 0), (0, 1), (1, 0)]
+    further = next(r for r in rec["runs"] if r["subset_seed"] == 1)  # the further draw's run
+    by_run = audit(in_project, further["run_id"])
+    assert (by_run["seed"], by_run["draw"]) == (0, 1)
+    assert [r["run_id"] for r in by_run["metrics"]["seeds"]] == [further["run_id"]]
+    assert audit(in_project, CELL, seed=0, draw=1)["metrics"]["seeds"] == by_run["metrics"]["seeds"]
     other = record(in_project, OTHER)
     assert audit(in_project, other["cell_digest"][:10])["cell"] == OTHER
 
@@ -142,31 +152,37 @@ def test_json_schema(project):
     root, env = project
     rec = record(root)
     report = json.loads(cli(root, env, CELL, "--json").stdout)
-    assert set(report) == {"query", "matched", "cell", "seed", "source", "configuration", "digests",
-                           "data_identity", "code", "metrics", "mlflow", "reproduce", "disagreements", "notes"}
-    assert report["query"] == CELL and report["source"] == f"models/{CELL}/record.json"
+    assert set(report) == {"query", "matched", "cell", "seed", "draw", "source", "traced_from_git", "configuration",
+                           "digests", "data_identity", "code", "metrics", "mlflow", "reproduce", "missing",
+                           "disagreements", "notes"}
+    assert report["query"] == CELL and report["source"] == f"records/{CELL}.json"
+    assert report["traced_from_git"] is False  # the project has run, but committed nothing since
+    assert report["missing"] == []  # data, checkpoints and the store are all here
     config = report["configuration"]
     assert config["cell"] == rec["cell"] and config["protocol"] == rec["protocol"]
     assert config["data"] == rec["data"]["config"] and config["seeds"] == [0, 1]
     assert config["experiment"] == "misfit"
     assert report["digests"] == {"cell": rec["cell_digest"],
-                                 "config": {str(r["seed"]): r["config_digest"] for r in rec["runs"]}}
+                                 "config": {str(r["seed"]): r["config_digest"] for r in main_runs(rec)}}
     assert report["data_identity"] == {"dataset_sha256": rec["data"]["dataset_sha256"],
-                                       "splits": rec["data"]["splits"]}
+                                       "splits": rec["data"]["splits"], "draws": rec["draws"]}
     code = report["code"]
     assert code["git_commit"] == rec["tags"]["git_commit"] and code["git_dirty"] == "false"
     assert code["dep_md5"] == {k.removeprefix("dep.md5."): v for k, v in rec["tags"].items()
-                               if k.startswith("dep.md5.")}
+                               if k.startswith("dep.md5.")} == code["dvc_lock_md5"]
     assert set(code["versions"]) >= {"python", "torch", "mlflow", "dvc"}
     assert code["device"] == "cpu" and code["threads"].isdigit()
     metrics = report["metrics"]
     assert metrics["metric"] == "mse" and metrics["better"] == "lower"
     for row, recorded in zip(metrics["seeds"], rec["runs"], strict=True):
-        for key in ("seed", "status", "valid_best", "test", "best_epoch", "epochs_run", "run_id", "config_digest"):
+        for key in ("seed", "subset_seed", "status", "valid_best", "test", "best_epoch", "epochs_run", "run_id",
+                    "config_digest"):
             assert row[key] == recorded[key], key
-    evaluated = json.loads((root / "metrics" / f"{CELL}.json").read_text())
-    assert metrics["summary"]["test"] == evaluated["test"]
-    assert metrics["evaluate"]["test"] == evaluated["test"] and metrics["evaluate"]["all_match_record"] is True
+        assert row["rescored"] == recorded["evaluated"] and row["rescored"]["matches_record"] is True
+    published = json.loads((root / "metrics" / f"{CELL}.json").read_text())
+    for key in ("test", "valid_best"):
+        assert {k: metrics["summary"][key][k] for k in ("mean", "n")} == {k: published[key][k] for k in ("mean", "n")}
+        assert metrics["published"][key] == published[key]
     mlflow = report["mlflow"]
     assert mlflow["tracking_uri"] == f"sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}"
     assert mlflow["experiment_id"] and mlflow["parent_run_id"] == rec["parent_run_id"]
@@ -174,7 +190,9 @@ def test_json_schema(project):
     assert reproduce["env"]["MNIST_MIRROR"] == env["MNIST_MIRROR"]
     assert reproduce["env"]["OMP_NUM_THREADS"] == rec["tags"]["threads"]
     assert reproduce["commands"][0] == f"git checkout {rec['tags']['git_commit']}"
-    assert reproduce["commands"][-1] == f"dvc repro --force --single-item train@{CELL} evaluate@{CELL}"
+    assert reproduce["commands"][-1] == f"dvc repro --force --single-item train@{CELL}"
+    assert reproduce["expect"]["test"] == {**{str(r["seed"]): r["test"] for r in main_runs(rec)},
+                                           "draw 1 seed 0": rec["runs"][-1]["test"]}
     assert report["disagreements"] == []
 
 
@@ -220,25 +238,40 @@ def test_run_deleted_from_the_store(in_project):
     (missing,) = [d for d in report["disagreements"] if d["kind"] == "missing_run"]
     assert missing["run_id"] == victim and missing["state"] == "deleted"
     assert "lifecycle 'deleted'" in missing["message"]
-    for source in (f"models/{CELL}/record.json", f"metrics/{CELL}.json", "reports/results.json"):
+    for source in (f"records/{CELL}.json", "reports/results.json"):
         assert source in missing["message"]
     assert audit(in_project, CELL)["disagreements"] == []
 
 
-def test_metrics_file_names_a_run_the_store_lacks(in_project):
+def test_report_names_a_run_the_record_and_the_store_lack(in_project):
+    path = in_project / "reports" / "results.json"
+    original = path.read_text()
+    results = json.loads(original)
+    ghost = "f" * 32
+    results["cells"][CELL]["per_seed"]["1"]["run_id"] = ghost
+    path.write_text(json.dumps(results))
+    try:
+        report = audit(in_project, CELL)
+    finally:
+        path.write_text(original)
+    stale, missing = report["disagreements"]
+    assert (stale["kind"], stale["run_ids"]) == ("report", [ghost]) and "the report is stale" in stale["message"]
+    assert (missing["kind"], missing["run_id"], missing["state"]) == ("missing_run", ghost, "missing")
+    assert "named in reports/results.json)" in missing["message"] and "is not in the MLflow store" in missing["message"]
+
+
+def test_metrics_file_that_does_not_summarise_the_record(in_project):
     path = in_project / "metrics" / f"{CELL}.json"
     original = path.read_text()
     metrics = json.loads(original)
-    ghost = "f" * 32
-    metrics["seeds"]["1"]["run_id"] = ghost
+    metrics["test"]["mean"] += 0.5
     path.write_text(json.dumps(metrics))
     try:
         report = audit(in_project, CELL)
     finally:
         path.write_text(original)
-    (missing,) = report["disagreements"]
-    assert (missing["kind"], missing["run_id"], missing["state"]) == ("missing_run", ghost, "missing")
-    assert f"named in metrics/{CELL}.json)" in missing["message"] and "is not in the MLflow store" in missing["message"]
+    (stale,) = report["disagreements"]
+    assert stale["kind"] == "metrics" and f"metrics/{CELL}.json does not summarise the runs" in stale["message"]
 
 
 def test_runs_missing_from_another_store(in_project, tmp_path, monkeypatch):
@@ -291,10 +324,6 @@ def test_new_commit_that_changes_the_train_code_names_the_file(in_project):
 
 def test_run_made_with_uncommitted_params_is_reproduced_with_its_own_values(in_project):
     """A run whose commit holds other params (a dirty tree) gets `dvc exp run -S` with its values."""
-    from mlflow import MlflowClient
-
-    from misfit.tracking import tracking_uri
-
     env = base_env()
     rec = record(in_project)
     original = rec["tags"]["git_commit"]
@@ -306,23 +335,24 @@ def test_run_made_with_uncommitted_params_is_reproduced_with_its_own_values(in_p
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "commit", "-q", "-am", "other params"], in_project, env)
     later = run(["git", "rev-parse", "HEAD"], in_project, env).stdout.strip()
-    client = MlflowClient(tracking_uri(in_project))
     # as if the run had been made at `later` with the first params.yaml edited in, uncommitted
-    client.set_tag(rec["parent_run_id"], "git_commit", later)
+    record_file = in_project / "records" / f"{CELL}.json"
+    record_text = record_file.read_text()
+    record_file.write_text(json.dumps({**rec, "tags": {**rec["tags"], "git_commit": later}}))
     try:
         report = audit(in_project, CELL)
     finally:
-        client.set_tag(rec["parent_run_id"], "git_commit", original)
+        record_file.write_text(record_text)
         run(["git", "reset", "-q", "--hard", original], in_project, env)
     (at_commit,) = [d for d in report["disagreements"] if d["kind"] == "params_at_commit"]
     fields = {d["field"]: d["current"] for d in at_commit["fields"]}
     assert fields == {f"cells.{CELL}": "<absent>", "protocol.max_epochs": 5}
     cell = ('{task:"regression",activation:"none",loss:"mse",variant:"zscore",loss_input:"output",'
-            'outputs:null}')
+            'outputs:null,seeds:null,draws:true}')
     assert report["reproduce"]["commands"][0] == f"git checkout {later}"
     # Hydra's override grammar, as `dvc exp run -S` reads it; `+` adds a key the file lacks
     assert report["reproduce"]["commands"][-1] == (
-        f"dvc exp run --force -S '+cells.{CELL}={cell}' -S protocol.max_epochs=3 train@{CELL} evaluate@{CELL}")
+        f"dvc exp run --force -S '+cells.{CELL}={cell}' -S protocol.max_epochs=3 train@{CELL}")
     assert "dvc repro label-derive" not in report["reproduce"]["commands"]
 
 
@@ -350,12 +380,12 @@ def test_dvc_lock_and_working_tree_code_differ_from_the_run(in_project):
 def test_without_its_record_the_store_answers(in_project, tmp_path):
     rec = record(in_project, OTHER)
     moved = tmp_path / "moved"
-    (in_project / "models" / OTHER).rename(moved)
+    (in_project / "records" / f"{OTHER}.json").rename(moved)
     try:
         by_cell = audit(in_project, OTHER)
         by_seed_run = audit(in_project, rec["runs"][1]["run_id"])
     finally:
-        moved.rename(in_project / "models" / OTHER)
+        moved.rename(in_project / "records" / f"{OTHER}.json")
     for report in (by_cell, by_seed_run):
         assert report["source"] == f"MLflow run {rec['parent_run_id']}"
         assert "record" in kinds(report) and "(the file is absent)" in report["disagreements"][0]["message"]
@@ -382,7 +412,9 @@ def test_audit_never_writes_to_the_store(project, in_project, tmp_path, monkeypa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{absent}")
     report = audit(in_project, CELL)
     assert not absent.exists()
-    assert kinds(report) == ["mlflow"] and f"no MLflow store at {absent}" in report["disagreements"][0]["message"]
+    assert kinds(report) == []  # an absent store is not a contradiction: it is listed as missing
+    (store,) = [m for m in report["missing"] if m["what"].startswith("the MLflow runs")]
+    assert f"no MLflow store at {absent}" in store["why"] and "misfit restore-runs" in store["get"][0]
     # the records alone still give the whole answer
     assert report["metrics"]["seeds"][0]["test"] == record(root)["runs"][0]["test"]
 
@@ -400,12 +432,16 @@ def test_printed_commands_reproduce_the_number_in_a_fresh_clone(project, tmp_pat
     done = subprocess.run(["bash", "-c", script], cwd=clone, env=base_env(), capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
-    again = json.loads((clone / "metrics" / f"{CELL}.json").read_text())
+    again = record(clone)
     rec = record(root)
+    remade = {(r["subset_seed"], r["seed"]): r for r in again["runs"]}
+    expected = report["reproduce"]["expect"]["test"]
     for recorded in rec["runs"]:
-        seed = again["seeds"][str(recorded["seed"])]
+        seed = remade[(recorded["subset_seed"], recorded["seed"])]
+        draw, number = recorded["subset_seed"], recorded["seed"]
+        key = str(number) if draw == rec["data"]["config"]["subset_seed"] else f"draw {draw} seed {number}"
         # bit-identical: same data, code, config, seed, thread count
-        assert seed["test"] == recorded["test"] == report["reproduce"]["expect"]["test"][str(recorded["seed"])]
+        assert seed["test"] == recorded["test"] == expected[key]
         assert seed["valid_best"] == recorded["valid_best"] and seed["best_epoch"] == recorded["best_epoch"]
         assert seed["config_digest"] == recorded["config_digest"]
     # the clone trained for real: new runs in its own store

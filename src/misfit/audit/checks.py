@@ -127,11 +127,13 @@ def params_diff(audit: Audit, params) -> list[dict]:
     record, cell = audit.record, audit.cell
     differing = []
     if cell not in params.cells:
-        return [{"field": f"cells.{cell}", "recorded": record["cell"], "current": ABSENT}]
-    differing += _flat_diff(f"cells.{cell}", record["cell"], params.cells[cell].model_dump())
+        differing.append({"field": f"cells.{cell}", "recorded": record["cell"], "current": ABSENT})
+        seeds = params.seeds  # what the cell would get back, without seeds of its own
+    else:
+        differing += _flat_diff(f"cells.{cell}", record["cell"], params.cells[cell].model_dump())
+        seeds = params.seeds_of(cell)
     differing += _flat_diff("protocol", record["protocol"], params.protocol.model_dump())
     differing += _flat_diff("data", record["data"].get("config", {}), params.data.model_dump())
-    seeds = params.seeds_of(cell) if hasattr(params, "seeds_of") else params.seeds
     if record["seeds"] != seeds:
         differing.append({"field": "seeds", "recorded": record["seeds"], "current": seeds})
     experiment = record.get("experiment")

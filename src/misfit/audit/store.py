@@ -119,7 +119,13 @@ def record_from_run(store: Store, parent) -> dict:
     metric = TASKS[cell["task"]].metric
     children = store.search(f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", [parent.info.experiment_id])
     runs, splits = [], {}
-    for child in sorted(children, key=lambda r: int(r.data.tags.get("seed", "-1"))):
+    main = _literal(params.get("data.subset_seed", "None"))
+
+    def member(run) -> tuple:  # the train stage's order: the main draw's seeds, then each further draw
+        draw = _literal(run.data.params.get("data.subset_seed", "None"))
+        return draw != main, draw if isinstance(draw, int) else -1, int(run.data.tags.get("seed", "-1"))
+
+    for child in sorted(children, key=member):
         values, ctags = child.data.metrics, child.data.tags
         error = ctags.get("error", "-")
         runs.append({
