@@ -18,6 +18,11 @@ def _num(value) -> str:
     return "-" if value is None else repr(value) if isinstance(value, float) else str(value)
 
 
+def _run_label(key: str) -> str:
+    """"seed 3" for the main draw's run keyed "3"; a further draw's key says it all already."""
+    return f"seed {key}" if key.isdigit() else key
+
+
 def _stat(summary: dict | None) -> str:
     if not summary or not summary.get("n"):
         return "–"
@@ -93,14 +98,14 @@ def _mlflow(facts: Facts) -> list[str]:
         return f"{run_id}  (restored as {restored[run_id]})" if run_id in restored else run_id
 
     lines.append(f"  parent run    {shown(mlflow['parent_run_id'])}")
-    lines += [f"  seed {s} run    {shown(rid)}" for s, rid in mlflow["seed_run_ids"].items()]
+    lines += [f"  {_run_label(s)} run    {shown(rid)}" for s, rid in mlflow["seed_run_ids"].items()]
     return lines + [f"  {url}" for url in mlflow.get("links", {}).values()]
 
 
 def _reproduce(facts: Facts) -> list[str]:
     reproduce = facts.reproduce
     lines = ["reproduce (from the project root)"] + [f"  {c}" for c in reproduce["commands"]]
-    expect = ", ".join(f"seed {s} test {_num(v)}" for s, v in reproduce["expect"]["test"].items())
+    expect = ", ".join(f"{_run_label(s)} test {_num(v)}" for s, v in reproduce["expect"]["test"].items())
     return lines + [f"  then {reproduce['expect']['file']} should hold {expect}"]
 
 
