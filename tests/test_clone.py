@@ -159,7 +159,7 @@ def test_restore_runs_rebuilds_the_store_and_the_audit_finds_a_report_run_in_it(
         assert not [d for d in report["disagreements"] if d["kind"] == "missing_run"]
         assert "the MLflow runs" not in " ".join(item["what"] for item in report["missing"])
     again = run(["misfit", "restore-runs"], clone, env)
-    assert f"restored 0 runs of 0 cells" in again.stdout and f"{n_runs} runs were already there" in again.stdout
+    assert "restored 0 runs of 0 cells" in again.stdout and f"{n_runs} runs were already there" in again.stdout
 
 
 def _clean(done) -> str:
