@@ -194,3 +194,20 @@ def test_dvc_plots_show_and_diff(clone, env, tmp_path):
         assert plot["revisions"] == ["workspace", branch] or sorted(plot["revisions"]) == sorted(
             ["workspace", branch])
     _clean(run(["dvc", "plots", "diff", branch, "-o", str(tmp_path / "diff")], clone, env))
+
+
+def test_a_broken_record_is_named_with_its_field(published, tmp_path, env):
+    clone = fresh_clone(published[0], tmp_path / "clone", env)
+    path = clone / "records" / f"{CELL}.json"
+    broken = record(clone)
+    del broken["cell_digest"]
+    path.write_text(json.dumps(broken))
+    for command in (["misfit", "audit", CELL], ["misfit", "restore-runs"]):
+        done = run(command, clone, env, check=False)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+        assert f"records/{CELL}.json: no field 'cell_digest'" in done.stderr, done.stderr
+    for stale in clone.glob("records/*.json"):
+        stale.unlink()
+    done = run(["misfit", "restore-runs"], clone, env, check=False)
+    assert done.returncode == 1 and "no records/*.json to restore from" in done.stderr
+    assert not (clone / "mlruns").exists()
