@@ -248,7 +248,7 @@ def test_report_names_a_run_the_record_and_the_store_lack(in_project):
     original = path.read_text()
     results = json.loads(original)
     ghost = "f" * 32
-    results["cells"][CELL]["per_seed"]["1"]["run_id"] = ghost
+    next(r for r in results["cells"][CELL]["runs"] if r["seed"] == 1)["run_id"] = ghost
     path.write_text(json.dumps(results))
     try:
         report = audit(in_project, CELL)

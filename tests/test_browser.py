@@ -152,20 +152,23 @@ def test_filter_by_task_tag(server, project, chromium, tmp_path):
 
 
 def test_report_link_opens_the_run(server, project, chromium, tmp_path):
-    from misfit.report import _run_links
+    from misfit.config import load_params
+    from misfit.files import read_json
+    from misfit.report import load_cells, run_ids
 
     base = server.base
     root, _ = project
-    entry = json.loads((root / "reports" / "results.json").read_text())["cells"]["binary-logits-ce"]
-    links = re.findall(r"\]\(([^)]+)\)", _run_links(entry, base + "/", experiment_id(root)))
-    assert len(links) == len(entry["runs"]) == 2
+    label_summary = read_json(root / "data" / "labels" / "summary.json")
+    cell = load_cells(root, load_params(root / "params.yaml"), label_summary)["binary-logits-ce"]
+    links = re.findall(r"\]\(([^)]+)\)", run_ids(cell, (base + "/", experiment_id(root))))
+    assert len(links) == len(cell.runs) == 2  # the main draw's runs, as the report links them
     done = browse(chromium, links[0], tmp_path / "profile", "--dump-dom")
     assert done.returncode == 0, done.stderr[-3000:]
     text = visible_text(done.stdout)
     run_id = links[0].rsplit("/", 1)[1]
-    seed = entry["runs"].index(run_id)
+    (seed,) = [r.seed for r in cell.runs if r.record["run_id"] == run_id]
     assert f"Run {run_id}" in text  # the page title
-    assert f"binary-logits-ce seed={entry['seeds'][seed]}" in text  # the run's name
+    assert f"binary-logits-ce seed={seed}" in text  # the run's name
 
 
 def test_stopping_misfit_ui_stops_the_server(server):

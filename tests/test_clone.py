@@ -75,11 +75,14 @@ def test_audit_a_cell_from_git_alone(clone, env):
     lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"][f"train@{CELL}"]
     pinned = {d["path"]: d["md5"] for d in lock["deps"] if not d["md5"].endswith(".dir")}
     assert report["code"]["dvc_lock_md5"] == pinned and report["code"]["dep_md5"] == pinned
-    # the numbers are the published ones
-    summary = report["metrics"]["summary"]
+    # the numbers are the published ones: metrics/<cell>.json's summary, results.json's runs
+    summary, published = report["metrics"]["summary"], json.loads((clone / "metrics" / f"{CELL}.json").read_text())
     for key in ("test", "valid_best"):
-        assert summary[key]["n"] == entry[key]["n"]
-        assert_close(summary[key]["mean"], entry[key]["mean"])
+        assert summary[key]["n"] == published[key]["n"]
+        assert_close(summary[key]["mean"], published[key]["mean"])
+    rows = {row["run_id"]: row for row in report["metrics"]["seeds"]}
+    for listed in entry["runs"]:
+        assert (rows[listed["run_id"]]["seed"], rows[listed["run_id"]]["test"]) == (listed["seed"], listed["test"])
     assert report_run_ids(clone) <= {report["mlflow"]["parent_run_id"], *report["mlflow"]["seed_run_ids"].values()}
     # what is not here, each with a way to get it
     missing = {item["what"].split(" ")[0]: item["get"] for item in report["missing"]}
@@ -116,7 +119,7 @@ def test_audit_a_run_id_and_a_digest_from_the_report(clone, env):
     by_digest = audit_json(clone, env, entry["cell_digest"][:12])
     assert by_digest["matched"] == {"by": "cell digest", "value": entry["cell_digest"]}
     assert by_digest["seed"] is None
-    assert_close(by_digest["metrics"]["summary"]["test"]["mean"], entry["test"]["mean"])
+    assert {row["run_id"] for row in by_digest["metrics"]["seeds"]} == {run["run_id"] for run in entry["runs"]}
     config_digest = rec["runs"][0]["config_digest"]
     by_config = audit_json(clone, env, config_digest)
     assert (by_config["seed"], by_config["matched"]["by"]) == (rec["runs"][0]["seed"], "config digest")

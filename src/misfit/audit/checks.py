@@ -233,7 +233,10 @@ def check_checkpoints(audit: Audit, runs: list[dict]) -> None:
 def _close(a, b) -> bool:
     if a is None or b is None:
         return a is None and b is None
-    return math.isclose(float(a), float(b), rel_tol=SUMMARY_TOLERANCE, abs_tol=SUMMARY_TOLERANCE)
+    a, b = float(a), float(b)  # json_safe writes inf and nan as strings
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    return math.isclose(a, b, rel_tol=SUMMARY_TOLERANCE, abs_tol=SUMMARY_TOLERANCE)
 
 
 def check_metrics_file(audit: Audit, summary: dict) -> dict | None:
@@ -256,7 +259,7 @@ def check_metrics_file(audit: Audit, summary: dict) -> dict | None:
 
 
 def check_report(audit: Audit) -> dict | None:
-    """reports/results.json: does it name the record's runs for this cell?"""
+    """reports/results.json: does it name the record's runs for this cell, with their values?"""
     entry = audit.project.results_entry(audit.cell)
     if entry is None:
         if audit.project.results is not None:
@@ -265,13 +268,20 @@ def check_report(audit: Audit) -> dict | None:
     named = run_ids_in(entry)
     for run_id in named:
         audit.refer(run_id, str(RESULTS_FILE))
-    recorded = {audit.record["parent_run_id"], *(run["run_id"] for run in audit.record["runs"])}
+    runs = {run["run_id"]: run for run in audit.record["runs"]}
+    recorded = {audit.record["parent_run_id"], *runs}
     if named and not named <= recorded:
         others = sorted(named - recorded)
         audit.disagree("report", f"{RESULTS_FILE} names runs for {audit.cell} that {audit.record_name} does not "
                        f"({', '.join(others)}): the report is stale (dvc repro report)", run_ids=others)
-    return {"file": str(RESULTS_FILE), **{k: entry[k] for k in ("test", "valid_best", "best_epoch", "status")
-                                          if k in entry}}
+    # each run the report lists must carry the record's test value
+    differing = [row["run_id"] for row in entry.get("runs") or [] if isinstance(row, dict)
+                 and row.get("run_id") in runs and not _close(row.get("test"), runs[row["run_id"]].get("test"))]
+    if differing:
+        audit.disagree("report", f"{RESULTS_FILE} shows other test values than {audit.record_name} for runs "
+                       f"{', '.join(differing)}: the report is stale (dvc repro report)", run_ids=differing)
+    return {"file": str(RESULTS_FILE), "modes": entry.get("modes"),
+            "test": {"mean": entry.get("mean"), "sd": entry.get("sd"), "n": entry.get("n")}}
 
 
 # -- dvc.lock and the code ----------------------------------------------------------------

@@ -26,6 +26,8 @@ def _run_label(key: str) -> str:
 def _stat(summary: dict | None) -> str:
     if not summary or not summary.get("n"):
         return "–"
+    if summary.get("mean") is None:
+        return f"no mean (n={summary['n']})"
     sd = summary.get("sd", summary.get("std"))
     spread = f" ± {sd:.6g}" if sd is not None else ""
     return f"{summary['mean']:.6g}{spread} (n={summary['n']})"
@@ -79,11 +81,14 @@ def _metrics(facts: Facts) -> list[str]:
     summary = metrics["summary"]
     lines.append(f"  cell, main draw, all seeds: valid best {_stat(summary['valid_best'])}, test "
                  f"{_stat(summary['test'])}, best epoch {_stat(summary['best_epoch'])}")
-    for source in ("published", "report"):
-        shown = metrics.get(source)
-        if shown:
-            lines.append(f"  {shown['file']}: test {_stat(shown.get('test'))}, valid best "
-                         f"{_stat(shown.get('valid_best'))}")
+    published, report = metrics.get("published"), metrics.get("report")
+    if published:
+        lines.append(f"  {published['file']}: test {_stat(published.get('test'))}, valid best "
+                     f"{_stat(published.get('valid_best'))}")
+    if report:
+        # the report gives a mean only when every run of the main draw ended in one mode
+        modes = ", ".join(report.get("modes") or []) or "-"
+        lines.append(f"  {report['file']}: test {_stat(report.get('test'))}; outcome modes: {modes}")
     return lines
 
 
