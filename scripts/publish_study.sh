@@ -13,6 +13,8 @@ push() { dvc push ${remote:+-r "$remote"} "$@"; }
 
 dvc repro --pull label-derive
 push download split label-derive
+git add dvc.lock data/label_summary.json
+git diff --cached --quiet || git commit -q -m "Study: the data stages"
 cells=$(python -c 'import yaml; print("\n".join(yaml.safe_load(open("params.yaml"))["cells"]))')
 for cell in $cells; do
   echo "== $(date -u +%FT%TZ) $cell"
@@ -22,6 +24,6 @@ for cell in $cells; do
   git diff --cached --quiet || git commit -q -m "Study: train@$cell"
 done
 dvc repro report
-git add dvc.lock reports
+git add dvc.lock reports  # reports/plots/ included: `dvc plots show` reads it
 git diff --cached --quiet || git commit -q -m "Study: the report"
 echo "== $(date -u +%FT%TZ) done"

@@ -158,7 +158,7 @@ def test_report_link_opens_the_run(server, project, chromium, tmp_path):
 
     base = server.base
     root, _ = project
-    label_summary = read_json(root / "data" / "labels" / "summary.json")
+    label_summary = read_json(root / "data" / "label_summary.json")
     cell = load_cells(root, load_params(root / "params.yaml"), label_summary)["binary-logits-ce"]
     links = re.findall(r"\]\(([^)]+)\)", run_ids(cell, (base + "/", experiment_id(root))))
     assert len(links) == len(cell.runs) == 2  # the main draw's runs, as the report links them

@@ -405,10 +405,10 @@ def test_split_larger_than_the_data_writes_nothing(raw, tmp_path, config, fragme
 def test_write_labels_keys_shapes_and_values(raw, tmp_path):
     split_dir, labels_dir = tmp_path / "split", tmp_path / "labels"
     write_split(raw, split_dir, data_config())
-    write_labels(split_dir, labels_dir)
+    write_labels(split_dir, labels_dir, tmp_path / "label_summary.json")
     parts = load_split(split_dir)
-    assert sorted(p.name for p in labels_dir.iterdir()) == ["summary.json", "test.npz", "train.npz", "valid.npz"]
-    summary = json.loads((labels_dir / "summary.json").read_text())
+    assert sorted(p.name for p in labels_dir.iterdir()) == ["test.npz", "train.npz", "valid.npz"]
+    summary = json.loads((tmp_path / "label_summary.json").read_text())
     for split, n in (("train", 200), ("valid", 300), ("test", 100)):
         digits = parts[split]["labels"].tolist()
         with np.load(labels_dir / f"{split}.npz") as arrays:

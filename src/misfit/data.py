@@ -261,9 +261,11 @@ def target_summary(targets: dict[str, np.ndarray]) -> dict:
     }
 
 
-def write_labels(split_dir: Path, labels_dir: Path) -> None:
-    """Targets for every split of every draw, mirroring split_dir's layout."""
+def write_labels(split_dir: Path, labels_dir: Path, summary_path: Path) -> None:
+    """Targets for every split of every draw, mirroring split_dir's layout; the main draw's
+    summary (what constant answers score) at summary_path, each further draw's in its dir."""
     draws = [Path(".")] + sorted(p.relative_to(split_dir) for p in (split_dir / DRAWS_DIR).glob("subset-*"))
+    summaries = {}
     with atomic_dir(labels_dir) as staging:
         for draw in draws:
             (staging / draw).mkdir(parents=True, exist_ok=True)
@@ -273,7 +275,10 @@ def write_labels(split_dir: Path, labels_dir: Path) -> None:
                     targets = derive_targets(arrays["labels"])
                 np.savez(staging / draw / f"{split}.npz", **targets)
                 summary[split] = target_summary(targets)
-            write_json_atomic(staging / draw / "summary.json", summary)
+            summaries[draw] = summary
+            if draw != Path("."):
+                write_json_atomic(staging / draw / "summary.json", summary)
+        write_json_atomic(summary_path, summaries[Path(".")])
 
 
 # -- loading for training ------------------------------------------------------------

@@ -23,7 +23,7 @@ class Baseline:
 
 
 def baselines(label_summary: dict) -> dict[str, Baseline]:
-    """The best constant answer's test score per task, from data/labels/summary.json.
+    """The best constant answer's test score per task, from data/label_summary.json.
 
     Regression: always predicting the train mean (what a model that learned nothing but
     the mean does), so its MSE is the test variance plus the squared shift of the means.

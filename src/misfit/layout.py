@@ -4,6 +4,7 @@ from pathlib import Path
 RAW_DIR = Path("data/raw")
 SPLIT_DIR = Path("data/split")
 LABELS_DIR = Path("data/labels")
+LABEL_SUMMARY = Path("data/label_summary.json")  # the main draw's: small, in git, read by the report
 MODELS_DIR = Path("models")
 METRICS_DIR = Path("metrics")
 REPORTS_DIR = Path("reports")

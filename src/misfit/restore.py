@@ -80,7 +80,7 @@ def main_draw(record: dict) -> int | None:
 def epoch_metrics(run: dict, metric: str, start_ms: int) -> list:
     """What the train stage logs per epoch: `initial` at step 0, then each epoch at its number,
     every numeric value, valid_metric named valid_<metric>. The records hold each epoch's
-    duration, not its wall time: timestamps are the run's start plus the epochs' seconds."""
+    duration, not its wall time: timestamps are the stage's start plus the epochs' seconds."""
     from mlflow.entities import Metric
 
     found, clock = [], 0.0
@@ -183,7 +183,10 @@ class Restorer:
         return self._experiments[name]
 
     def start_ms(self, record: dict) -> int:
-        """When the run started, as near as git knows: its commit's time (else now)."""
+        """When the stage started (the record's `started_ms`); for older records, as near as
+        git knows: its commit's time (else now)."""
+        if isinstance(record.get("started_ms"), int):
+            return record["started_ms"]
         stamp = git_out(self.project.root, "show", "-s", "--format=%ct", record["tags"].get("git_commit", "HEAD"))
         return int(stamp) * 1000 if stamp and stamp.isdigit() else int(time.time() * 1000)
 

@@ -166,7 +166,7 @@ class Phases:
 
 
 def train_cell(cell_id: str, root: Path = Path(".")) -> Path:
-    started = time.perf_counter()
+    started, started_ms = time.perf_counter(), int(time.time() * 1000)
     phases = Phases(started)
     stage = CellStage(cell_id, root)
     phases.done("params_data_check")
@@ -185,7 +185,7 @@ def train_cell(cell_id: str, root: Path = Path(".")) -> Path:
             trainer = CellTrainer(stage.cell, stage.params.protocol, stage.members, stage.draws, stage.device)
             outcomes = trainer.run(lambda epoch, outcomes: log_epoch(stage, runs, epoch, outcomes))
             phases.done("training")
-            return write_outputs(stage, runs, outcomes, tags, started, phases)
+            return write_outputs(stage, runs, outcomes, tags, (started, started_ms), phases)
         except BaseException:
             runs.close_all("FAILED")
             raise
@@ -226,8 +226,9 @@ def rescore(stage: CellStage, outcome: SeedOutcome, checkpoint: Path) -> dict:
     return {"valid_best": valid, "test": test, "matches_record": agrees(outcome.best_valid, valid)}
 
 
-def write_outputs(stage: CellStage, runs, outcomes: list[SeedOutcome], tags: dict, started: float,
-                  phases: Phases) -> Path:
+def write_outputs(stage: CellStage, runs, outcomes: list[SeedOutcome], tags: dict,
+                  started: tuple[float, int], phases: Phases) -> Path:
+    """started: (perf_counter, wall-clock ms) at the stage's start."""
     root, cell_id, metric = stage.root, stage.cell_id, stage.metric
     out_dir = root / MODELS_DIR / cell_id
     records = []
@@ -264,7 +265,8 @@ def write_outputs(stage: CellStage, runs, outcomes: list[SeedOutcome], tags: dic
             "draws": {str(d): stage.identities[d] for d in stage.subset_seeds[1:]},
             "seeds": stage.params.seeds_of(cell_id), "experiment": stage.params.tracking.experiment,
             "parent_run_id": runs.parent_id, "cell_digest": stage.digest, "tags": tags,
-            "seconds": time.perf_counter() - started, "phases": phases.seconds, "runs": records,
+            "started_ms": started[1], "seconds": time.perf_counter() - started[0], "phases": phases.seconds,
+            "runs": records,
         })
         write_json_atomic(root / METRICS_DIR / f"{cell_id}.json", metrics)
     print(f"{cell_id}: test {metric} {metrics['test']}", flush=True)
@@ -274,7 +276,7 @@ def write_outputs(stage: CellStage, runs, outcomes: list[SeedOutcome], tags: dic
 def _log_parent_summary(runs, records: list[dict], metrics: dict, metric: str) -> None:
     summary = {"n_runs": len(records), "n_failed": sum(r["status"] != "ok" for r in records)}
     for key, name in (("test", f"test_{metric}"), ("valid_best", f"best_valid_{metric}")):
-        for stat in ("median", "mean", "sd"):
+        for stat in ("median", "mean", "sd"):  # the median only for test: a run's value (or between two)
             if stat in metrics[key]:
                 summary[f"{name}_{stat}"] = metrics[key][stat]
     runs.log_metrics(None, summary)
