@@ -1,25 +1,44 @@
-"""`misfit run --jobs N`: the cells' train and evaluate stages in N DVC processes at once.
+"""`misfit run`: every cell of params.yaml as one task on a Dask cluster, then the report.
 
-DVC holds its repository lock while it plans and records a stage, not while the stage's
-command runs, so `dvc repro -s` of different cells can share one workspace; with
---wait-for-lock a worker waits for that short lock instead of failing. The data stages
-run once before the workers (they are every cell's dependency), the report once after.
+Without --address it starts an embedded Dask LocalCluster on 127.0.0.1 (--jobs worker
+processes, one thread each); with --address tcp://host:port it submits the same tasks to
+that scheduler. Each task, on its worker, checks out this repository's commit in the
+worker's own clone and runs the cell's stages with `dvc repro` (src/misfit/cell_task.py).
+Dask does the scheduling: a worker that dies has its cell rescheduled on another one
+(`distributed.scheduler.allowed-failures`), and a task that raises (a failed clone or
+push) is retried (`retries=`). A stage that exits non-zero is a result, not an error: the
+cell is reported as failed with its last lines and not retried.
+
+The results come back through DVC: on a cluster the workers `dvc push --run-cache` to
+the project's DVC remote and this command ends with `dvc repro --pull`, which restores
+every cell's stage from the run-cache without training and builds the report. The local
+cluster's workers share this checkout's DVC cache instead, so a plain `dvc repro` does it.
 """
 from __future__ import annotations
 
 import argparse
-import collections
+import contextlib
 import os
-import signal
 import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+import urllib.error
+import urllib.request
+import uuid
 from pathlib import Path
 
+import yaml
+
+from misfit.cell_task import ATTEMPT_TOPIC, OUTPUT_TOPIC
+
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
-TAIL_LINES = 40
+CONNECT_TIMEOUT_S = 10.0
+TRACKING_TIMEOUT_S = 5.0
+SERVER_SCHEMES = ("http://", "https://")
+
+
+class EngineError(RuntimeError):
+    """Something `misfit run` checks before or while it runs; its message says what to do."""
 
 
 def cpu_cores() -> int:
@@ -38,9 +57,8 @@ def threads_per_worker(jobs: int, cores: int | None = None) -> int:
 def absolute_tracking_uri(uri: str, cwd: Path) -> str:
     """A relative SQLite or file-store location, resolved against the directory we run in.
 
-    Each stage resolves a relative path against its own working directory, which is not
-    ours under `dvc exp run --queue` (a temp clone): the runs would land in a store that
-    is deleted with the clone.
+    Each stage resolves a relative path against its own working directory, which is a
+    worker's clone here: the runs would land in a store that only that clone sees.
     """
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return f"sqlite:///{(cwd / uri.removeprefix('sqlite:///')).resolve()}"
@@ -51,112 +69,274 @@ def absolute_tracking_uri(uri: str, cwd: Path) -> str:
     return uri
 
 
-class Worker:
-    """One `dvc repro` of one cell, its output prefixed with the cell and kept for a tail."""
-
-    def __init__(self, cell_id: str, command: list[str], env: dict, cwd: Path, lock: threading.Lock,
-                 stopping: threading.Event, live: dict):
-        self.cell_id, self.command, self.env, self.cwd = cell_id, command, env, cwd
-        self.print_lock, self.stopping, self.live = lock, stopping, live
-        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        self.returncode: int | None = None
-        self.seconds = 0.0
-
-    def __call__(self) -> Worker:
-        if self.stopping.is_set():
-            return self
-        started = time.perf_counter()
-        # own process group, so that a stop reaches DVC and its stage together, and only as
-        # the SIGINT that `stop` sends (a terminal's Ctrl-C would reach us alone)
-        process = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
-        self.live[self.cell_id] = process
-        if self.stopping.is_set():  # the stop came between our check and our start
-            os.killpg(process.pid, signal.SIGINT)
-        try:
-            for line in process.stdout:
-                self.tail.append(line.rstrip("\n"))
-                with self.print_lock:
-                    print(f"[{self.cell_id}] {line}", end="", flush=True)
-            self.returncode = process.wait()
-        finally:
-            self.live.pop(self.cell_id, None)
-            self.seconds = time.perf_counter() - started
-        return self
+def _run(command: list[str], root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=root, capture_output=True, text=True)
 
 
-def dvc(args: list[str], cwd: Path, env: dict) -> int:
-    print(f"$ dvc {' '.join(args)}", flush=True)
-    return subprocess.run(["dvc", *args], cwd=cwd, env=env).returncode
+def clean_commit(root: Path) -> str:
+    """HEAD, if the work tree holds nothing uncommitted; the workers see only commits."""
+    head = _run(["git", "rev-parse", "HEAD"], root)
+    if head.returncode != 0:
+        raise EngineError(f"{root} is not a git repository with a commit: the workers check out "
+                          f"a commit ({head.stderr.strip()})")
+    changed = _run(["git", "status", "--porcelain", "--untracked-files=normal"], root).stdout.splitlines()
+    if changed:
+        shown = ", ".join(line[3:] for line in changed[:8]) + (" …" if len(changed) > 8 else "")
+        raise EngineError(
+            f"the work tree has uncommitted changes ({shown}): the workers check out commit "
+            f"{head.stdout.strip()[:12]} and would not see them. Commit them (a `dvc exp run -S` "
+            f"override of params.yaml too) or stash them, then run again.")
+    return head.stdout.strip()
 
 
-def run_cells(root: Path, jobs: int, threads: int | None = None) -> int:
-    from misfit.config import load_params
-    from misfit.layout import PARAMS_FILE
-    from misfit.tracking import open_experiment, tracking_uri
+def cell_ids(root: Path) -> list[str]:
+    path = root / "params.yaml"
+    try:
+        cells = yaml.safe_load(path.read_text()).get("cells")
+    except (OSError, yaml.YAMLError, AttributeError) as error:
+        raise EngineError(f"{path}: cannot read its `cells:` mapping ({error})") from error
+    if not isinstance(cells, dict) or not cells:
+        raise EngineError(f"{path}: `cells` must be a non-empty mapping of cell id to cell, "
+                          f"got {type(cells).__name__}")
+    return list(cells)
 
-    root = root.resolve()
-    params = load_params(root / PARAMS_FILE)
-    threads = threads or threads_per_worker(jobs)
-    env = dict(os.environ)
-    if env.get(TRACKING_ENV):
-        env[TRACKING_ENV] = absolute_tracking_uri(env[TRACKING_ENV], Path.cwd())
-        os.environ[TRACKING_ENV] = env[TRACKING_ENV]
-    uri = tracking_uri(root)
+
+def cell_stages(root: Path, cells: list[str]) -> dict[str, list[str]]:
+    """Each cell's stages (`train@<cell>`, and any other `<group>@<cell>`), as DVC lists them."""
+    listed = _run(["dvc", "stage", "list", "--name-only"], root)
+    if listed.returncode != 0:
+        raise EngineError(f"`dvc stage list` failed in {root}:\n{listed.stderr.strip()}")
+    names = listed.stdout.split()
+    stages = {cell: [name for name in names if name.endswith(f"@{cell}")] for cell in cells}
+    missing = [cell for cell, found in stages.items() if f"train@{cell}" not in found]
+    if missing:
+        raise EngineError(f"dvc.yaml has no train@<cell> stage for {', '.join(missing)} "
+                          f"(a cell of params.yaml's `cells:`)")
+    return stages
+
+
+def require_dvc_remote(root: Path) -> str:
+    """The default DVC remote of the committed .dvc/config: the workers' clones have no other."""
+    found = _run(["dvc", "config", "--project", "core.remote"], root)
+    if found.returncode != 0 or not found.stdout.strip():
+        raise EngineError(
+            "a cluster needs a default DVC remote in the committed .dvc/config, which every worker "
+            "can reach: the workers push their results there and this command pulls them "
+            "(`dvc remote add -d <name> <url>`, then commit .dvc/config)")
+    return found.stdout.strip()
+
+
+def repository_url(root: Path, given: str | None) -> str:
+    """Where the cluster's workers clone from: --repo-url, else the `origin` remote."""
+    if given:
+        return given
+    found = _run(["git", "remote", "get-url", "origin"], root)
+    if found.returncode != 0:
+        raise EngineError("a cluster's workers clone the repository: give --repo-url, or add a git "
+                          "remote `origin` that they can reach (and push the commit there)")
+    url = found.stdout.strip()
+    local = (root / url) if "://" not in url and ":" not in url.split("/")[0] else None
+    return str(local.resolve()) if local is not None and local.exists() else url
+
+
+def tracking_uri_for(root: Path, on_cluster: bool) -> str:
+    uri = os.environ.get(TRACKING_ENV)
+    if on_cluster:
+        if not uri or not uri.startswith(SERVER_SCHEMES):
+            raise EngineError(
+                f"{TRACKING_ENV} must name an MLflow tracking server (http://host:port) that every "
+                f"worker reaches, got {uri or 'nothing (the default local SQLite store)'}: a local "
+                f"store would be resolved on each worker's own disk and the runs scattered")
+        return uri
+    if uri:
+        return absolute_tracking_uri(uri, Path.cwd())
+    return f"sqlite:///{(root / 'mlruns' / 'mlflow.db').resolve()}"
+
+
+def check_tracking_server(uri: str, timeout: float = TRACKING_TIMEOUT_S) -> None:
+    """An HTTP tracking server answers (any HTTP status) within `timeout` seconds."""
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (OSError, ValueError) as error:
+        raise EngineError(f"the MLflow tracking server {uri} ({TRACKING_ENV}) did not answer within "
+                          f"{timeout:g} s: {getattr(error, 'reason', error)}") from error
+
+
+def prepare_local_store(root: Path, uri: str) -> None:
     # the store's schema and the experiment exist before N workers reach for them at once
-    open_experiment(root, params.tracking.experiment)
-    print(f"misfit run: {len(params.cells)} cells, {jobs} workers x {threads} thread(s), "
-          f"MLflow store {uri}", flush=True)
+    # (concurrent first use of one SQLite database breaks MLflow's schema migrations)
+    from misfit.tracking import open_experiment
+
+    experiment = yaml.safe_load((root / "params.yaml").read_text())["tracking"]["experiment"]
+    previous = os.environ.get(TRACKING_ENV)
+    os.environ[TRACKING_ENV] = uri
+    try:
+        open_experiment(root, experiment)
+    finally:
+        if previous is None:
+            os.environ.pop(TRACKING_ENV, None)
+        else:
+            os.environ[TRACKING_ENV] = previous
+
+
+def dvc_cache_dir(root: Path) -> str:
+    found = _run(["dvc", "cache", "dir"], root)
+    if found.returncode != 0:
+        raise EngineError(f"`dvc cache dir` failed in {root}:\n{found.stderr.strip()}")
+    return str(Path(found.stdout.strip()).resolve())
+
+
+@contextlib.contextmanager
+def dask_client(address: str | None, jobs: int, timeout: float):
+    """A Client of the scheduler at `address`, or of an embedded LocalCluster on 127.0.0.1."""
+    from distributed import Client, LocalCluster
+
+    if address is None:
+        # processes (the stages run subprocesses; a worker per process isolates them), one
+        # task at a time each (a worker's clone takes one checkout at a time), no dashboard
+        with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address=None) as cluster, Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = Client(address, timeout=timeout)
+    except (OSError, TimeoutError, ValueError) as error:
+        raise EngineError(f"no Dask scheduler answered at {address} within {timeout:g} s: {error}") from error
+    try:
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError as error:
+            raise EngineError(f"the Dask scheduler at {address} has no worker (waited {timeout:g} s): "
+                              f"start one with `dask worker {address} --nthreads 1`") from error
+        yield client
+    finally:
+        client.close()
+
+
+def submit_cells(client, cells: dict[str, list[str]], repo_url: str, commit: str, env: dict,
+                 cache_dir: str | None, push: bool, token: str) -> dict:
+    """{future: cell}, one task per cell."""
+    import cloudpickle
+
+    from misfit import cell_task
+
+    # by value: a worker runs this client's task code whatever version of misfit it has
+    cloudpickle.register_pickle_by_value(cell_task)
+    # retries: a task that raised (clone, fetch or push failed); a lost worker is Dask's
+    # own rescheduling (allowed-failures), and a failed stage returns, so neither counts here
+    return {client.submit(cell_task.run_cell, cell, stages, repo_url, commit, env, cache_dir, push,
+                          token, key=f"misfit-{cell}-{token}", retries=2, pure=False): cell
+            for cell, stages in cells.items()}
+
+
+def collect(client, futures: dict) -> tuple[list[dict], list[dict]]:
+    """(finished outcomes, failures) as the cells end; a setup error stops the rest."""
+    from distributed import as_completed
+
+    done, failed = [], []
+    for future in as_completed(futures):
+        try:
+            outcome = future.result()
+        except Exception as error:  # raised on the worker after the retries, or KilledWorker
+            cell = futures[future]
+            failed.append({"cell": cell, "error": f"{type(error).__name__}: {error}"})
+            print(f"misfit run: {cell} FAILED: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+            if type(error).__name__ == "SetupError":  # it would fail every cell the same way
+                client.cancel(list(futures))
+                break
+            continue
+        (done if outcome["returncode"] == 0 else failed).append(outcome)
+        state = "done" if outcome["returncode"] == 0 else f"FAILED ({outcome['returncode']})"
+        print(f"misfit run: {outcome['cell']} {state} on {outcome['worker']} in {outcome['seconds']:.1f} s",
+              flush=True)
+    return done, failed
+
+
+def lost_attempts(client, token: str) -> dict[str, list[str]]:
+    """Per cell, the workers that died under it (a start followed by another start, not by
+    a raise), from the events its tasks logged on the scheduler."""
+    trails: dict[str, list[dict]] = {}
+    for _, event in client.get_events(ATTEMPT_TOPIC):
+        if event.get("token") == token:
+            trails.setdefault(event["cell"], []).append(event)
+    lost = {}
+    for cell, trail in trails.items():
+        workers = [event["worker"] for event, after in zip(trail, trail[1:])
+                   if event["event"] == "start" and after["event"] == "start"]
+        if workers:
+            lost[cell] = workers
+    return lost
+
+
+def print_output(event) -> None:
+    """A line of a cell's output, forwarded by its worker (cell_task.OUTPUT_TOPIC)."""
+    _, line = event
+    print(line, flush=True)
+
+
+def failure_lines(failed: list[dict], not_run: int, total: int) -> list[str]:
+    lines = [f"misfit run: {len(failed)} of {total} cells FAILED"
+             + (f", {not_run} not run" if not_run else "") + "; the report was not built."]
+    for outcome in failed:
+        if "error" in outcome:
+            lines += ["", f"--- {outcome['cell']}: {outcome['error']}"]
+        else:
+            lines += ["", f"--- {outcome['cell']}: `{outcome['command']}` exited with {outcome['returncode']} "
+                      f"on {outcome['worker']}; its last lines:", *outcome["tail"]]
+    return lines
+
+
+def run_cells(root: Path, jobs: int | None, threads: int | None = None, address: str | None = None,
+              connect_timeout: float = CONNECT_TIMEOUT_S, repo_url: str | None = None) -> int:
+    root = root.resolve()
+    on_cluster = address is not None
+    commit = clean_commit(root)
+    stages = cell_stages(root, cell_ids(root))
+    uri = tracking_uri_for(root, on_cluster)
+    if uri.startswith(SERVER_SCHEMES):
+        check_tracking_server(uri)
+    env = {TRACKING_ENV: uri}
+    if on_cluster:
+        require_dvc_remote(root)
+        url, cache_dir = repository_url(root, repo_url), None
+    else:
+        jobs = jobs or cpu_cores()
+        threads = threads or threads_per_worker(jobs)
+        url, cache_dir = str(root), dvc_cache_dir(root)
+        if uri.startswith("sqlite:"):
+            prepare_local_store(root, uri)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    token = uuid.uuid4().hex[:8]
+    where = address or f"a local cluster of {jobs} worker(s) x {threads} thread(s)"
+    print(f"misfit run: {len(stages)} cells of commit {commit[:12]} on {where}, MLflow store {uri}", flush=True)
 
     started = time.perf_counter()
-    if dvc(["repro", "label-derive"], root, env) != 0:
-        print("misfit run: the data stages failed; no cell was started", file=sys.stderr)
-        return 1
-
-    worker_env = {**env, "OMP_NUM_THREADS": str(threads)}
-    print_lock, stopping, live = threading.Lock(), threading.Event(), {}
-    workers = [Worker(cell_id, ["dvc", "--wait-for-lock", "repro", "-s", f"train@{cell_id}",
-                                f"evaluate@{cell_id}"], worker_env, root, print_lock, stopping, live)
-               for cell_id in params.cells]
-
-    def stop(signum, frame):
-        stopping.set()
-        # SIGINT whatever we got: DVC ignores it while a stage runs and then records the
-        # stage as failed and frees its locks; the stage closes its MLflow runs as KILLED.
-        # A SIGTERM would end DVC at once and leave its rwlock entries behind.
-        for process in list(live.values()):
-            try:
-                os.killpg(process.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
-        print(f"misfit run: stopped by signal {signum}; waiting for the workers to end", file=sys.stderr,
-              flush=True)
-        raise SystemExit(128 + signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            done = list(pool.map(lambda worker: worker(), workers))
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with dask_client(address, jobs or 1, connect_timeout) as client:
+        client.subscribe_topic(OUTPUT_TOPIC, print_output)
+        futures = submit_cells(client, stages, url, commit, env, cache_dir, on_cluster, token)
+        done, failed = collect(client, futures)
+        lost = lost_attempts(client, token)
     cells_seconds = time.perf_counter() - started
+    for cell, workers in lost.items():
+        print(f"misfit run: {cell}: worker {', '.join(workers)} was lost while it ran the cell; "
+              f"Dask ran the cell again on another worker", flush=True)
 
-    failed = [w for w in done if w.returncode != 0]
-    if failed:
-        lines = [f"misfit run: {len(failed)} of {len(done)} cells FAILED; the report was not built."]
-        for worker in failed:
-            lines += ["", f"--- {worker.cell_id}: `{' '.join(worker.command)}` exited with "
-                      f"{worker.returncode}; its last lines:", *worker.tail]
-        print("\n".join(lines), file=sys.stderr, flush=True)
+    if failed or len(done) < len(stages):
+        not_run = len(stages) - len(done) - len(failed)
+        print("\n".join(failure_lines(failed, not_run, len(stages))), file=sys.stderr, flush=True)
         return 1
-    if dvc(["repro"], root, env) != 0:
-        print("misfit run: the final `dvc repro` failed", file=sys.stderr)
+    # every cell's stages are in the run-cache (the shared cache, or the remote): DVC
+    # restores them without training, then builds what is left (the report)
+    final = ["dvc", "repro", *(["--pull"] if on_cluster else [])]
+    print(f"$ {' '.join(final)}", flush=True)
+    if subprocess.run(final, cwd=root, env={**os.environ, **env}).returncode != 0:
+        print(f"misfit run: the final `{' '.join(final)}` failed", file=sys.stderr)
         return 1
-    slowest = max(done, key=lambda w: w.seconds, default=None)
-    print(f"misfit run: {len(done)} cells in {cells_seconds:.1f} s with {jobs} workers "
-          f"(slowest {slowest.cell_id if slowest else '-'}: {slowest.seconds if slowest else 0:.1f} s), "
-          f"{time.perf_counter() - started:.1f} s with the report", flush=True)
+    print(f"misfit run: {len(done)} cells in {cells_seconds:.1f} s, {time.perf_counter() - started:.1f} s "
+          f"with the report", flush=True)
     return 0
 
 
@@ -167,12 +347,38 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _handle(args) -> int:
+    if args.address and args.jobs:
+        raise SystemExit("misfit run: --jobs sizes the embedded local cluster; with --address the "
+                         "cluster's size is the workers started for it")
+    try:
+        return run_cells(Path("."), args.jobs, args.threads, args.address, args.connect_timeout,
+                         args.repo_url)
+    except EngineError as error:
+        print(f"misfit run: {error}", file=sys.stderr, flush=True)
+        return 2
+
+
 def register(commands) -> None:
     parser = commands.add_parser(
-        "run", help="train and evaluate the cells of params.yaml in parallel, then build the report",
+        "run", help="train every cell of params.yaml on a Dask cluster (local by default), then the report",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", "-j", type=_positive, default=cpu_cores(),
-                        help="cells trained at once (default: the CPU cores available)")
+    parser.add_argument("--jobs", "-j", type=_positive, default=None,
+                        help="worker processes of the embedded local cluster (default: the CPU cores)")
     parser.add_argument("--threads", type=_positive, default=None,
-                        help="OMP_NUM_THREADS of each worker (default: cores // jobs, at least 1)")
-    parser.set_defaults(handler=lambda args: run_cells(Path("."), args.jobs, args.threads))
+                        help="OMP_NUM_THREADS of each cell's stage (default: cores // jobs locally, "
+                             "the worker's own environment on a cluster)")
+    parser.add_argument("--address", default=None,
+                        help="a Dask scheduler, tcp://host:port (default: start a local cluster)")
+    parser.add_argument("--connect-timeout", type=_seconds, default=CONNECT_TIMEOUT_S,
+                        help=f"seconds to wait for the scheduler and its first worker (default {CONNECT_TIMEOUT_S:g})")
+    parser.add_argument("--repo-url", default=None,
+                        help="where a cluster's workers clone the repository (default: the git remote origin)")
+    parser.set_defaults(handler=_handle)

@@ -1,0 +1,191 @@
+"""What a Dask worker does for one cell: its own clone at the client's commit, `dvc repro`, push.
+
+This module is shipped to the workers by value (cloudpickle), so a worker runs the
+client's version of it whatever `misfit` it has installed; it therefore imports only the
+standard library (and `distributed`, which every worker has). The stage itself runs the
+clone's code at the commit (dvc.yaml's PYTHONPATH=src), not the worker's installed code.
+
+A worker keeps one clone per repository URL under its own scratch directory
+(`dask worker --local-directory`), made on its first cell and reused for later ones, so
+the upstream data stages run (or are pulled) once per worker. Cells on one worker take
+turns on the clone (a file lock): two checkouts in one work tree would trample each other.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import fcntl
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TAIL_LINES = 40
+ATTEMPT_TOPIC = "misfit-cell-attempt"
+OUTPUT_TOPIC = "misfit-cell-output"
+LOG_DIR = ".dvc/tmp/misfit-engine"  # ignored by git (DVC's own tmp), per clone
+
+# The stage's process group gets SIGINT when the worker dies (see guarded_command): DVC
+# then records the stage as failed and frees its locks, and the train stage closes its
+# MLflow runs as KILLED, as on Ctrl-C in a terminal. The guard runs as `python -c` so that
+# it needs nothing installed; the worker sets PR_SET_PDEATHSIG on it before exec.
+GUARD = r"""
+import os, signal, subprocess, sys
+def stop(signum, frame):
+    # the whole group: DVC, the shell and the stage, as a terminal's Ctrl-C would
+    os.killpg(0, signal.SIGINT)
+# a handler, not SIG_IGN: an ignored signal would stay ignored in DVC and the stage
+signal.signal(signal.SIGINT, lambda signum, frame: None)
+signal.signal(signal.SIGTERM, stop)
+if os.getppid() == int(sys.argv[1]):  # the worker may have died before the signal was armed
+    sys.exit(subprocess.call(sys.argv[2:]))
+os.killpg(0, signal.SIGINT)
+sys.exit(130)
+"""
+PR_SET_PDEATHSIG = 1
+
+
+class SetupError(RuntimeError):
+    """The worker could not prepare its clone (clone, fetch, checkout, DVC config)."""
+
+
+class PushError(RuntimeError):
+    """`dvc push` failed after the stage succeeded: raised, so that the engine retries the
+    cell (the retry finds the stage done, or in the run-cache, and pushes again)."""
+
+
+def _arm_parent_death_signal() -> None:
+    # runs in the child between fork and exec: SIGTERM to the guard when the worker dies
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def _git(clone: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=clone, capture_output=True, text=True)
+
+
+def _checked(done: subprocess.CompletedProcess, what: str) -> str:
+    if done.returncode != 0:
+        raise SetupError(f"{what} failed ({done.returncode}): {(done.stderr or done.stdout).strip()[-2000:]}")
+    return done.stdout.strip()
+
+
+def clone_dir(scratch: str, repo_url: str) -> Path:
+    return Path(scratch) / "misfit-clones" / hashlib.sha256(repo_url.encode()).hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def clone_lock(clone: Path):
+    clone.parent.mkdir(parents=True, exist_ok=True)
+    with open(clone.with_name(clone.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def prepare_clone(clone: Path, repo_url: str, commit: str, cache_dir: str | None) -> None:
+    """The clone exists and has `commit` checked out; DVC's cache is `cache_dir` if given."""
+    if not (clone / ".git").is_dir():
+        _checked(subprocess.run(["git", "clone", "--quiet", repo_url, str(clone)],
+                                capture_output=True, text=True), f"git clone {repo_url}")
+    if _git(clone, "cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+        _checked(_git(clone, "fetch", "--quiet", "origin"), f"git fetch {repo_url}")
+        if _git(clone, "cat-file", "-e", f"{commit}^{{commit}}").returncode != 0:
+            raise SetupError(f"commit {commit} is not in {repo_url}: push it there first (git push)")
+    if _git(clone, "rev-parse", "HEAD").stdout.strip() != commit:
+        # --force: this clone belongs to the engine; dvc.lock edits of earlier cells of an
+        # older commit go, their results are in the DVC cache and remote
+        _checked(_git(clone, "checkout", "--quiet", "--force", "--detach", commit), f"git checkout {commit}")
+    if cache_dir:  # the embedded local cluster: one DVC cache for the client and every worker
+        _checked(subprocess.run(["dvc", "config", "--local", "cache.dir", cache_dir], cwd=clone,
+                                capture_output=True, text=True), "dvc config --local cache.dir")
+
+
+def guarded_command(command: list[str]) -> list[str]:
+    return [sys.executable, "-c", GUARD, str(os.getpid()), *command]
+
+
+def run_logged(command: list[str], clone: Path, env: dict, log: Path, forward) -> tuple[int, list[str]]:
+    """Run `command` under the guard with its output in `log`; forward new lines; (code, tail).
+
+    The output goes to a file, not a pipe: when the worker dies, a pipe would have no
+    reader left and the stage would die of a broken pipe instead of closing its runs.
+    """
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    with open(log, "a") as out, open(log) as reader:
+        reader.seek(0, os.SEEK_END)
+        forward(f"$ {' '.join(command)}")
+        process = subprocess.Popen(guarded_command(command), cwd=clone, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True, preexec_fn=_arm_parent_death_signal)
+        pending = ""
+        while True:
+            finished = process.poll() is not None
+            pending += reader.read()
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                tail.append(line)
+                forward(line)
+            if finished:
+                break
+            time.sleep(0.5)
+        if pending:
+            tail.append(pending)
+            forward(pending)
+    return process.returncode, list(tail)
+
+
+def run_cell(cell_id: str, stages: list[str], repo_url: str, commit: str, env_overrides: dict,
+             cache_dir: str | None, push: bool, token: str) -> dict:
+    """One cell on this worker; a dict with its outcome. A stage that fails is an outcome
+    (returned, not raised, so the engine does not retry it); a setup error is raised."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    clone = clone_dir(worker.local_directory, repo_url)
+
+    def forward(line: str) -> None:
+        # to the client's terminal (it subscribes to the topic), through the scheduler
+        worker.log_event(OUTPUT_TOPIC, f"[{cell_id}] {line}")
+
+    # the client counts these: a start that follows neither a success nor a raise is the
+    # engine rerunning a cell whose worker died under it
+    def event(kind: str) -> None:
+        worker.log_event(ATTEMPT_TOPIC, {"cell": cell_id, "worker": worker.address, "token": token,
+                                         "event": kind})
+
+    event("start")
+    try:
+        return _run_cell_in_clone(cell_id, stages, repo_url, commit, env_overrides, cache_dir, push,
+                                  worker, clone, forward)
+    except BaseException:
+        event("raised")
+        raise
+
+
+def _run_cell_in_clone(cell_id, stages, repo_url, commit, env_overrides, cache_dir, push, worker,
+                       clone, forward) -> dict:
+    started = time.perf_counter()
+    with clone_lock(clone):
+        prepare_clone(clone, repo_url, commit, cache_dir)
+        forward(f"on worker {worker.address}, clone {clone} at {commit[:12]}")
+        (clone / LOG_DIR).mkdir(parents=True, exist_ok=True)
+        log = clone / LOG_DIR / f"{cell_id}.log"
+        env = {**os.environ, **env_overrides}
+        # not -s: the upstream data stages come along, pulled or run when this clone lacks
+        # them (the first cell of a worker), a no-op after that
+        repro = ["dvc", "repro", *(["--pull"] if push else []), *stages]
+        code, tail = run_logged(repro, clone, env, log, forward)
+        if code == 0 and push:
+            pushed, push_tail = run_logged(["dvc", "push", "--run-cache", "--with-deps", *stages],
+                                           clone, env, log, forward)
+            if pushed != 0:
+                raise PushError(f"dvc push of {cell_id} on {worker.address} failed ({pushed}):\n"
+                                + "\n".join(push_tail))
+    return {"cell": cell_id, "returncode": code, "command": " ".join(repro), "tail": tail,
+            "worker": worker.address, "seconds": time.perf_counter() - started}
