@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +36,8 @@ TRACKING_ENV = "MLFLOW_TRACKING_URI"
 CONNECT_TIMEOUT_S = 10.0
 TRACKING_TIMEOUT_S = 5.0
 SERVER_SCHEMES = ("http://", "https://")
+# what the pipeline rewrites as it runs: outputs, not the code the workers need
+PIPELINE_OUTPUTS = (":(exclude)dvc.lock", ":(exclude)metrics", ":(exclude)reports")
 
 
 class EngineError(RuntimeError):
@@ -74,14 +77,17 @@ def _run(command: list[str], root: Path) -> subprocess.CompletedProcess:
 
 
 def clean_commit(root: Path) -> str:
-    """HEAD, if the work tree holds nothing uncommitted; the workers see only commits."""
+    """HEAD, if no tracked file but the pipeline's outputs differs from it: the workers
+    check out the commit. The same rule as a run's `git_dirty` tag (provenance.git_state;
+    not shared with it: provenance.py is a dependency of every train stage)."""
     head = _run(["git", "rev-parse", "HEAD"], root)
     if head.returncode != 0:
         raise EngineError(f"{root} is not a git repository with a commit: the workers check out "
                           f"a commit ({head.stderr.strip()})")
-    changed = _run(["git", "status", "--porcelain", "--untracked-files=normal"], root).stdout.splitlines()
+    status = _run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *PIPELINE_OUTPUTS], root)
+    changed = [line[3:] for line in status.stdout.splitlines()]
     if changed:
-        shown = ", ".join(line[3:] for line in changed[:8]) + (" …" if len(changed) > 8 else "")
+        shown = ", ".join(changed[:8]) + (" …" if len(changed) > 8 else "")
         raise EngineError(
             f"the work tree has uncommitted changes ({shown}): the workers check out commit "
             f"{head.stdout.strip()[:12]} and would not see them. Commit them (a `dvc exp run -S` "
@@ -358,12 +364,24 @@ def _handle(args) -> int:
     if args.address and args.jobs:
         raise SystemExit("misfit run: --jobs sizes the embedded local cluster; with --address the "
                          "cluster's size is the workers started for it")
+    # SIGTERM takes Ctrl-C's way out: the local cluster is closed, its workers end, and each
+    # stage gets SIGINT from its guard (cell_task.GUARD) and closes its runs KILLED
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return run_cells(Path("."), args.jobs, args.threads, args.address, args.connect_timeout,
                          args.repo_url)
     except EngineError as error:
         print(f"misfit run: {error}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:
+        print("misfit run: interrupted. " + (
+            "Cells already running on the cluster finish there (Dask cannot stop a running task); "
+            "their results land in the DVC remote's run-cache for the next run." if args.address else
+            "The local workers were stopped; their stages' MLflow runs end KILLED."),
+            file=sys.stderr, flush=True)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def register(commands) -> None:
