@@ -115,7 +115,7 @@ def kill_a_worker_mid_cell(uri: str, workers: dict[str, subprocess.Popen], finis
                     found.update(worker=name, cell=run.data.tags["cell"], stage_pid=int(run.data.tags["misfit.pid"]))
                     os.kill(workers[name].pid, signal.SIGKILL)
                     return
-        time.sleep(0.5)
+        time.sleep(0.25)  # a tiny cell trains for a few seconds: look often
 
 
 @pytest.fixture(scope="module")
@@ -388,3 +388,33 @@ def test_a_failed_cell_is_reported_not_retried_and_skips_the_report(tmp_path):
     assert done.stdout.count("[binary-softmax-ce] on worker ") == 1, done.stdout  # not retried
     assert "misfit run: regression-none-mse-zscore done on tcp://127.0.0.1:" in done.stdout
     assert not (project / "reports" / "results.json").exists()
+
+
+def test_sigterm_stops_the_local_cluster_and_the_runs_end_killed(tmp_path):
+    """SIGTERM (or Ctrl-C) to `misfit run`: the local cluster closes, each stage gets SIGINT
+    from its guard and closes its MLflow runs KILLED; nothing of ours keeps training."""
+    from mlflow import MlflowClient
+
+    manifest = synthetic_mnist(tmp_path / "mirror")
+    env = base_env(MNIST_MIRROR=str(tmp_path / "mirror"), MNIST_MANIFEST=str(manifest), OMP_NUM_THREADS="1")
+    project = make_project(tmp_path / "project", small_params(
+        CELLS[:1], seeds=[0], protocol__max_epochs=500, protocol__patience=500))
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(["misfit", "run", "--jobs", "1"], cwd=project, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "epoch   2" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 130, log.read_text()
+    finally:
+        stop_process_group(process)
+    assert "misfit run: interrupted. The local workers were stopped" in log.read_text()
+    client = MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("misfit").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"]  # parent and seed run
+    stage = int(runs[0].data.tags["misfit.pid"])
+    assert not psutil.pid_exists(stage) or psutil.Process(stage).status() == "zombie"
