@@ -11,6 +11,7 @@ OMP_NUM_THREADS=1: the thread count changes float rounding).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -90,6 +91,22 @@ class LoopbackCluster:
             log.close()
 
 
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def stop_leftovers(directory: Path) -> None:
+    """SIGKILL, by PID, any process still working in `directory` (a stage a test failed to
+    stop): the test's failure is reported, not left running."""
+    for process in psutil.process_iter(["pid", "cwd"]):
+        if (process.info["cwd"] or "").startswith(str(directory)):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+
+
 def worker_of(pid: int, workers: dict[str, subprocess.Popen]) -> str | None:
     """The name of the worker whose process tree holds `pid`, if any."""
     try:
@@ -101,7 +118,7 @@ def worker_of(pid: int, workers: dict[str, subprocess.Popen]) -> str | None:
 
 def kill_a_worker_mid_cell(uri: str, workers: dict[str, subprocess.Popen], finished: threading.Event,
                            found: dict) -> None:
-    """SIGKILL the worker under the first cell that has logged an epoch, and say which."""
+    """SIGKILL the worker under the first cell that has trained an epoch, and say which."""
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
@@ -109,7 +126,7 @@ def kill_a_worker_mid_cell(uri: str, workers: dict[str, subprocess.Popen], finis
         experiment = client.get_experiment_by_name("misfit")
         runs = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'") if experiment else []
         for run in runs:
-            if run.data.tags.get("misfit.level") == "seed" and run.data.metrics:  # an epoch is in
+            if run.data.tags.get("misfit.level") == "seed" and "train_loss" in run.data.metrics:  # epoch 1 is in
                 name = worker_of(int(run.data.tags["misfit.pid"]), workers)
                 if name:
                     found.update(worker=name, cell=run.data.tags["cell"], stage_pid=int(run.data.tags["misfit.pid"]))
@@ -148,14 +165,18 @@ def cluster_run(tmp_path_factory, tracking_server):
             finished.set()
             killer.join()
         cluster_seconds = time.perf_counter() - started
+        # the stage the killed worker ran must have ended with it (its guard's SIGINT)
+        stage_survived = bool(killed) and alive(killed["stage_pid"])
     finally:
         cluster.stop()
+        stop_leftovers(tmp / "dask")
 
     sequential = make_project(tmp / "sequential", params)
     started = time.perf_counter()
     run(["dvc", "repro"], sequential, base_env(**data_env), timeout=900)
     sequential_seconds = time.perf_counter() - started
     return dict(client=client_repo, env=env, sequential=sequential, output=output, killed=killed,
+                stage_survived=stage_survived,
                 addresses=addresses, cluster_seconds=cluster_seconds, sequential_seconds=sequential_seconds,
                 uri=tracking_server, cluster=cluster)
 
@@ -174,8 +195,8 @@ def test_the_killed_workers_cell_ran_again_on_the_other_worker(cluster_run):
     other = next(address for name, address in addresses.items() if name != killed["worker"])
     assert f"misfit run: {cell}: worker {dead} was lost while it ran the cell; Dask ran the cell again" in out
     assert f"misfit run: {cell} done on {other}" in out
-    # the stage the worker ran died with it (the guard's SIGINT), not left training alone
-    assert not psutil.pid_exists(killed["stage_pid"]) or psutil.Process(killed["stage_pid"]).status() == "zombie"
+    # the stage the worker ran ended with it (the guard's SIGINT), not left training alone
+    assert not cluster_run["stage_survived"]
 
 
 def load_params(project: Path):
@@ -185,14 +206,26 @@ def load_params(project: Path):
 
 
 def expected_run_params(project: Path) -> dict[str, dict[str, str]]:
+    """Per cell, the parameters its parent run has (every child has them too, plus its own)."""
     from misfit.train_stage import flat_params
 
     params = load_params(project)
-    return {cell: {k: str(v) for k, v in flat_params(params.cell(cell), params).items()} for cell in CELLS}
+    return {cell: {**{k: str(v) for k, v in flat_params(params.cell(cell), params).items()},
+                   "seeds": str(params.seeds_of(cell)),
+                   "draws.subset_seeds": str(list(dict.fromkeys(d for d, _ in params.members_of(cell)))[1:])}
+            for cell in CELLS}
 
 
-def as_float(value) -> float:
-    return float(value)  # record.json writes non-finite values as "nan" / "inf"
+def logged_value(value) -> float | None:
+    """A record's value as the train stage logged it: numbers only (records.json writes
+    non-finite ones as "nan" / "inf"), no bools, no None, no lists."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if value in ("nan", "inf", "-inf"):
+        return float(value)
+    return None
 
 
 def same_number(a: float, b: float) -> bool:
@@ -206,62 +239,76 @@ def test_server_holds_every_run_param_and_metric_step_and_nothing_running(cluste
     client = MlflowClient(cluster_run["uri"])
     experiment = client.get_experiment_by_name("misfit")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    # the killed attempt's parent and seed runs, closed KILLED when the worker died
-    killed_runs = [r for r in runs if r.info.status == "KILLED"]
+    members = {cell: load_params(project).members_of(cell) for cell in CELLS}
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    assert {r.data.tags["cell"] for r in killed_runs} == {cluster_run["killed"]["cell"]}
-    assert len(killed_runs) == 1 + len(SEEDS)
-    runs = [r for r in runs if r.info.status != "KILLED"]
-    assert len(runs) == len(CELLS) * (1 + len(SEEDS))
+    # the killed attempt: its parent run closed KILLED when its worker died, and each child
+    # KILLED too (or FAILED, had it already failed on its own)
+    killed_cell = cluster_run["killed"]["cell"]
+    killed_parents = [r for r in runs if r.info.status == "KILLED" and r.data.tags["misfit.level"] == "cell"]
+    assert [r.data.tags["cell"] for r in killed_parents] == [killed_cell]
+    killed_runs = killed_parents + [r for r in runs
+                                    if r.data.tags.get("mlflow.parentRunId") == killed_parents[0].info.run_id]
+    assert len(killed_runs) == 1 + len(members[killed_cell])
+    assert {r.info.status for r in killed_runs[1:]} <= {"KILLED", "FAILED"}
+    killed_ids = {r.info.run_id for r in killed_runs}
+    assert not [r for r in runs if r.info.status == "KILLED" and r.info.run_id not in killed_ids]
+    runs = [r for r in runs if r.info.run_id not in killed_ids]
+    assert len(runs) == sum(1 + len(m) for m in members.values())
     assert not [r for r in runs if r.info.status not in ("FINISHED", "FAILED")]
     by_id = {r.info.run_id: r for r in runs}
     expected_params = expected_run_params(project)
     counted = {"runs": len(killed_runs), "parents": 0, "children": 0, "params": 0, "metric_steps": 0}
 
     for cell in CELLS:
-        record = json.loads((project / "models" / cell / "record.json").read_text())
+        record = json.loads((project / "records" / f"{cell}.json").read_text())
         parents = [r for r in runs if r.data.tags.get("misfit.level") == "cell" and r.info.run_name == cell]
         assert [p.info.run_id for p in parents] == [record["parent_run_id"]]
         parent = parents[0]
-        assert parent.data.params == {**expected_params[cell], "seeds": str(SEEDS)}
+        assert parent.data.params == expected_params[cell]
         assert parent.data.tags["cell"] == cell
-        assert {"n_ok", "n_failed"} <= parent.data.metrics.keys()
+        assert parent.info.status == ("FINISHED" if all(r["status"] == "ok" for r in record["runs"]) else "FAILED")
+        assert {"n_runs", "n_failed"} <= parent.data.metrics.keys()
         counted["parents"] += 1
         counted["params"] += len(parent.data.params)
 
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         assert sorted(c.info.run_id for c in children) == sorted(r["run_id"] for r in record["runs"])
+        assert sorted((r["subset_seed"], r["seed"]) for r in record["runs"]) == sorted(members[cell])
         metric = record["metric"]
-        for seed_record in record["runs"]:
-            child = by_id[seed_record["run_id"]]
-            assert child.data.tags["seed"] == str(seed_record["seed"])
-            assert child.info.status == ("FINISHED" if seed_record["status"] == "ok" else "FAILED")
-            assert child.data.params == {**expected_params[cell], "seed": str(seed_record["seed"])}
+        for run_record in record["runs"]:
+            child = by_id[run_record["run_id"]]
+            assert child.data.tags["seed"] == str(run_record["seed"])
+            assert child.info.status == ("FINISHED" if run_record["status"] == "ok" else "FAILED")
+            assert child.data.params == {**expected_params[cell], "seed": str(run_record["seed"]),
+                                         "data.subset_seed": str(run_record["subset_seed"])}
             counted["children"] += 1
             counted["params"] += len(child.data.params)
 
-            history = seed_record["history"]
-            assert len(history) == seed_record["epochs_run"]
+            assert len(run_record["history"]) == run_record["epochs_run"]
             per_epoch = {}
-            for epoch in history:
+            for epoch in [run_record["initial"], *run_record["history"]]:
                 for key, value in epoch.items():
-                    if key == "improved":  # a bool: not a metric
+                    value = logged_value(value)
+                    if value is None:
                         continue
                     name = f"valid_{metric}" if key == "valid_metric" else key
-                    per_epoch.setdefault(name, []).append((epoch["epoch"], as_float(value)))
+                    per_epoch.setdefault(name, []).append((epoch["epoch"], value))
+            where = f"{cell} draw {run_record['subset_seed']} seed {run_record['seed']}"
             for name, expected in per_epoch.items():
                 logged = sorted((m.step, m.value) for m in client.get_metric_history(child.info.run_id, name))
-                assert [s for s, _ in logged] == [s for s, _ in expected], f"{cell} seed {seed_record['seed']} {name}"
-                assert all(same_number(a, b) for (_, a), (_, b) in zip(logged, expected)), name
+                assert [s for s, _ in logged] == [s for s, _ in expected], f"{where} {name}"
+                assert all(same_number(a, b) for (_, a), (_, b) in zip(logged, expected)), f"{where} {name}"
                 counted["metric_steps"] += len(logged)
-            finals = {f"best_valid_{metric}": seed_record["valid_best"], f"test_{metric}": seed_record["test"],
-                      "best_epoch": seed_record["best_epoch"], "epochs_run": seed_record["epochs_run"]}
-            finals = {k: as_float(v) for k, v in finals.items() if v is not None}
-            assert child.data.metrics.keys() == per_epoch.keys() | finals.keys()
+            finals = {f"best_valid_{metric}": run_record["valid_best"], f"test_{metric}": run_record["test"],
+                      "best_epoch": run_record["best_epoch"], "epochs_run": run_record["epochs_run"]}
+            finals = {k: logged_value(v) for k, v in finals.items() if logged_value(v) is not None}
+            assert child.data.metrics.keys() == per_epoch.keys() | finals.keys(), where
             for name, value in finals.items():
-                assert [(m.step, m.value) for m in client.get_metric_history(child.info.run_id, name)] == [(0, value)]
+                history = client.get_metric_history(child.info.run_id, name)
+                assert [(m.step, m.value) for m in history] == [(0, value)], f"{where} {name}"
 
-    assert counted["parents"] == len(CELLS) and counted["children"] == len(CELLS) * len(SEEDS)
+    assert counted["parents"] == len(CELLS)
+    assert counted["children"] == sum(len(m) for m in members.values())
     assert counted["metric_steps"] > 0
     counted["runs"] += counted["parents"] + counted["children"]
     print(f"counted on the server: {counted}")
@@ -285,7 +332,7 @@ def test_cluster_results_equal_sequential_results(cluster_run):
     statuses = {cell: entry["status"] for cell, entry in cluster["cells"].items()}
     assert statuses == {cell: "failed" if cell == "regression-none-bce-zscore" else "ok" for cell in CELLS}
     for cell in CELLS:  # every epoch too, not only the summaries
-        records = [json.loads((cluster_run[k] / "models" / cell / "record.json").read_text())
+        records = [json.loads((cluster_run[k] / "records" / f"{cell}.json").read_text())
                    for k in ("client", "sequential")]
         histories = [[[{k: v for k, v in e.items() if k != "seconds"} for e in r["history"]]
                       for r in record["runs"]] for record in records]
@@ -416,5 +463,4 @@ def test_sigterm_stops_the_local_cluster_and_the_runs_end_killed(tmp_path):
     client = MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("misfit").experiment_id])
     assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"]  # parent and seed run
-    stage = int(runs[0].data.tags["misfit.pid"])
-    assert not psutil.pid_exists(stage) or psutil.Process(stage).status() == "zombie"
+    assert not alive(int(runs[0].data.tags["misfit.pid"]))

@@ -35,9 +35,15 @@ LOG_DIR = ".dvc/tmp/misfit-engine"  # ignored by git (DVC's own tmp), per clone
 # it needs nothing installed; the worker sets PR_SET_PDEATHSIG on it before exec.
 GUARD = r"""
 import os, signal, subprocess, sys
+stopped = []
 def stop(signum, frame):
-    # the whole group: DVC, the shell and the stage, as a terminal's Ctrl-C would
-    os.killpg(0, signal.SIGINT)
+    # once: as a worker's threads end one by one, Linux reparents the guard to the next
+    # and sends the parent-death signal again; a second SIGINT could hit the stage while
+    # its handler still runs
+    if not stopped:
+        stopped.append(signum)
+        # the whole group: DVC, the shell and the stage, as a terminal's Ctrl-C would
+        os.killpg(0, signal.SIGINT)
 # a handler, not SIG_IGN: an ignored signal would stay ignored in DVC and the stage
 signal.signal(signal.SIGINT, lambda signum, frame: None)
 signal.signal(signal.SIGTERM, stop)
@@ -48,14 +54,41 @@ sys.exit(130)
 """
 PR_SET_PDEATHSIG = 1
 
+# DVC keeps no run-cache entry for a stage that has an output with `cache: false` that is
+# not a metric or plot (dvc/stage/__init__.py, Stage.run: run_cache=... not no_cache_outs);
+# train@<cell> has one (records/<cell>.json), so `dvc repro --pull` on the client would
+# train every cell again. DVC's run-cache itself handles such outputs (StageCache.save
+# copies them into the cache), so after a successful repro we save the entry ourselves and,
+# on a cluster, push those outputs' objects too (`dvc push --run-cache` pushes the entry
+# but only the objects of cached outputs). Runs with the worker's Python, which has DVC.
+# Not needed, and a no-op, once every such output is cached (or a metric) in dvc.yaml.
+SAVE_RUN_CACHE = r"""
+import sys
+from dvc.repo import Repo
+push, targets = sys.argv[1] == "push", sys.argv[2:]
+with Repo(".") as repo:
+    stages = [stage for target in targets for stage in repo.stage.collect(target)]
+    uncached = []
+    for stage in stages:
+        if any(not out.use_cache and not (out.is_metric or out.is_plot) for out in stage.outs):
+            repo.stage_cache.save(stage)
+            uncached += [out.hash_info for out in stage.outs if not out.use_cache]
+    if push and uncached:
+        result = repo.cloud.push(uncached)
+        if result.failed:
+            sys.exit(f"could not push {len(result.failed)} run-cache object(s) of {targets}")
+    print(f"run-cache entries saved for {len(stages)} stage(s) with uncached outputs"
+          + (f", {len(uncached)} object(s) pushed" if push else ""))
+"""
+
 
 class SetupError(RuntimeError):
     """The worker could not prepare its clone (clone, fetch, checkout, DVC config)."""
 
 
 class PushError(RuntimeError):
-    """`dvc push` failed after the stage succeeded: raised, so that the engine retries the
-    cell (the retry finds the stage done, or in the run-cache, and pushes again)."""
+    """Saving or pushing the results failed after the stage succeeded: raised, so that the
+    engine retries the cell (the retry finds the stage done and saves and pushes again)."""
 
 
 def _arm_parent_death_signal() -> None:
@@ -119,7 +152,8 @@ def run_logged(command: list[str], clone: Path, env: dict, log: Path, forward) -
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     with open(log, "a") as out, open(log) as reader:
         reader.seek(0, os.SEEK_END)
-        forward(f"$ {' '.join(command)}")
+        shown = command if command[1:2] != ["-c"] else [Path(command[0]).name, "-c", "<script>", *command[3:]]
+        forward(f"$ {' '.join(shown)}")
         process = subprocess.Popen(guarded_command(command), cwd=clone, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True, preexec_fn=_arm_parent_death_signal)
@@ -181,11 +215,14 @@ def _run_cell_in_clone(cell_id, stages, repo_url, commit, env_overrides, cache_d
         # them (the first cell of a worker), a no-op after that
         repro = ["dvc", "repro", *(["--pull"] if push else []), *stages]
         code, tail = run_logged(repro, clone, env, log, forward)
-        if code == 0 and push:
-            pushed, push_tail = run_logged(["dvc", "push", "--run-cache", "--with-deps", *stages],
-                                           clone, env, log, forward)
-            if pushed != 0:
-                raise PushError(f"dvc push of {cell_id} on {worker.address} failed ({pushed}):\n"
-                                + "\n".join(push_tail))
+        if code == 0:
+            keep = [[sys.executable, "-c", SAVE_RUN_CACHE, "push" if push else "keep", *stages]]
+            if push:
+                keep.append(["dvc", "push", "--run-cache", "--with-deps", *stages])
+            for command in keep:
+                kept, keep_tail = run_logged(command, clone, env, log, forward)
+                if kept != 0:
+                    raise PushError(f"{command[0] if command[0] == 'dvc' else 'saving the run-cache'} of "
+                                    f"{cell_id} on {worker.address} failed ({kept}):\n" + "\n".join(keep_tail))
     return {"cell": cell_id, "returncode": code, "command": " ".join(repro), "tail": tail,
             "worker": worker.address, "seconds": time.perf_counter() - started}

@@ -37,7 +37,7 @@ CONNECT_TIMEOUT_S = 10.0
 TRACKING_TIMEOUT_S = 5.0
 SERVER_SCHEMES = ("http://", "https://")
 # what the pipeline rewrites as it runs: outputs, not the code the workers need
-PIPELINE_OUTPUTS = (":(exclude)dvc.lock", ":(exclude)metrics", ":(exclude)reports")
+PIPELINE_OUTPUTS = (":(exclude)dvc.lock", ":(exclude)metrics", ":(exclude)records", ":(exclude)reports")
 
 
 class EngineError(RuntimeError):
