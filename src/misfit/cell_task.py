@@ -57,7 +57,7 @@ PR_SET_PDEATHSIG = 1
 # DVC keeps no run-cache entry for a stage that has an output with `cache: false` that is
 # not a metric or plot (dvc/stage/__init__.py, Stage.run: run_cache=... not no_cache_outs);
 # train@<cell> has one (records/<cell>.json), so `dvc repro --pull` on the client would
-# train every cell again. DVC's run-cache itself handles such outputs (StageCache.save
+# train every cell again (and label-derive has one too). DVC's run-cache itself handles such outputs (StageCache.save
 # copies them into the cache), so after a successful repro we save the entry ourselves and,
 # on a cluster, push those outputs' objects too (`dvc push --run-cache` pushes the entry
 # but only the objects of cached outputs). Runs with the worker's Python, which has DVC.
@@ -67,7 +67,9 @@ import sys
 from dvc.repo import Repo
 push, targets = sys.argv[1] == "push", sys.argv[2:]
 with Repo(".") as repo:
-    stages = [stage for target in targets for stage in repo.stage.collect(target)]
+    # with_deps: an upstream data stage may have such an output too
+    stages = {stage.addressing: stage for target in targets
+              for stage in repo.stage.collect(target, with_deps=True)}.values()
     uncached = []
     for stage in stages:
         if any(not out.use_cache and not (out.is_metric or out.is_plot) for out in stage.outs):
