@@ -292,8 +292,9 @@ def killed_on_signal(runs_holder: list, grace: float = 30.0) -> Iterator[None]:
         os._exit(128 + received[0])
 
     def handler(signum, frame):
-        if not received:
-            received.append(signum)
+        if received:  # a second signal: the first handler may be inside wake.set(), holding its lock
+            return
+        received.append(signum)
         wake.set()
 
     closer = threading.Thread(target=close_and_exit, name="misfit-killed-on-signal", daemon=True)
