@@ -31,13 +31,13 @@ from pathlib import Path
 import yaml
 
 from misfit.cell_task import ATTEMPT_TOPIC, OUTPUT_TOPIC
+# what the pipeline rewrites as it runs (outputs, not code): the same rule as the git_dirty run tag
+from misfit.provenance import PIPELINE_OUTPUTS
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 CONNECT_TIMEOUT_S = 10.0
 TRACKING_TIMEOUT_S = 5.0
 SERVER_SCHEMES = ("http://", "https://")
-# what the pipeline rewrites as it runs: outputs, not the code the workers need
-PIPELINE_OUTPUTS = (":(exclude)dvc.lock", ":(exclude)metrics", ":(exclude)records", ":(exclude)reports")
 
 
 class EngineError(RuntimeError):

@@ -22,11 +22,14 @@ def _git(root: Path, *args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+# the pipeline rewrites these while it runs; they are outputs in git, not the code that ran
+PIPELINE_OUTPUTS = (":(exclude)dvc.lock", ":(exclude)data/label_summary.json", ":(exclude)metrics",
+                    ":(exclude)records", ":(exclude)reports")
+
+
 def git_state(root: Path) -> dict[str, str]:
     commit = _git(root, "rev-parse", "HEAD")
-    # the pipeline rewrites these while it runs; they are outputs, not the code that ran
-    status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".",
-                  ":(exclude)dvc.lock", ":(exclude)metrics", ":(exclude)records", ":(exclude)reports")
+    status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *PIPELINE_OUTPUTS)
     return {
         "git_commit": commit or "unknown",
         "git_dirty": "unknown" if status is None else str(bool(status)).lower(),
