@@ -267,7 +267,7 @@ from misfit.tracking import CellRuns, killed_on_signal, open_experiment
 
 root, where = Path(sys.argv[1]), sys.argv[2]
 client, experiment_id = open_experiment(root, "signals")
-runs = CellRuns(client, experiment_id, "cell", [0, 1], {}, {"p": 1}, {0: {}, 1: {}})
+runs = CellRuns(client, experiment_id, "cell", {s: (f"cell seed={s}", {}, {}) for s in (0, 1)}, {}, {"p": 1})
 print(runs.parent_id, flush=True)
 armed = [True]
 

@@ -160,9 +160,11 @@ def test_nonfinite_values_reach_records_results_report_and_mlflow(tmp_path, monk
     for cell, error in ((zscore, "seed 1: the training loss became nan in epoch 3"),
                         (sigmoid, "seed 1: the valid mse was never finite in 3 epochs")):
         entry = results[cell]
-        assert entry["status"] == "failed" and entry["error"] == error
-        assert entry["test"]["n"] == 1 and math.isfinite(entry["test"]["mean"])  # seed 0 only
-        assert entry["per_seed"]["0"]["status"] == "ok" and entry["per_seed"]["1"]["status"] == "failed"
+        main = {r["seed"]: r for r in entry["runs"] if r["subset_seed"] == 0}
+        assert main[1]["status"] == "failed" and main[1]["error"] == error.removeprefix("seed 1: ")
+        assert main[1]["mode"] == "diverged" and main[0]["status"] == "ok" and main[0]["mode"] != "diverged"
+        assert entry["modes"]["diverged"] == 1 and "mean" not in entry  # runs in two modes: no mean
+        assert math.isfinite(main[0]["test"])
         assert error.removeprefix("seed 1: ") in (project / "reports" / "report.md").read_text()
     # the diverged seed's pre-divergence checkpoint is scored again, and agrees with training
     assert diverged["evaluated"]["matches_record"] is True
