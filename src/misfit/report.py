@@ -15,11 +15,11 @@ from misfit import diagnostics, figures
 from misfit.config import Params, load_params
 from misfit.files import atomic_dir, json_float, read_json, write_json_atomic, write_text_atomic
 from misfit.findings import (
-    Cell, Published, baselines, cell_summary, compare_family, format_modes, judge_published, load_cell,
+    Cell, Published, baselines, cell_summary, compare_family, format_modes, judge_published, load_cells,
     relu_lottery,
 )
 from misfit.intervals import holm, welch_difference
-from misfit.layout import LABEL_SUMMARY, PARAMS_FILE, RECORDS_DIR, REPORTS_DIR
+from misfit.layout import LABEL_SUMMARY, PARAMS_FILE, REPORTS_DIR
 from misfit.modes import CONSTANT, DEAD_RELU, DIVERGED, FAILED, LEARNED, WORSE
 from misfit.study import ADDED, PUBLISHED, RECOMMENDED, S0, S1, STUDIES, STUDY_TITLES, TASK_ORDER, recommended_in
 
@@ -36,16 +36,6 @@ FAILURE_SECTIONS = ((CONSTANT, "One constant answer"), (DEAD_RELU, "A dead ReLU 
 
 
 # -- data ----------------------------------------------------------------------------
-
-def load_cells(root: Path, params: Params, label_summary: dict) -> dict[str, Cell]:
-    cells = {}
-    for cell_id in params.cells:
-        path = root / RECORDS_DIR / f"{cell_id}.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: missing; run train@{cell_id} first (dvc repro)")
-        cells[cell_id] = load_cell(cell_id, read_json(path), params.data.subset_seed, label_summary)
-    return cells
-
 
 def published_runs(root: Path) -> dict[str, dict[str, Published]]:
     """{study: {cell: Published}}: seed 000's six (S0) and the author's completed S1 tables."""
