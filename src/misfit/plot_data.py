@@ -45,7 +45,7 @@ def _finite(value) -> float | None:
 
 
 def runs_by_mode(cell: Cell) -> dict[str, list[Run]]:
-    """The main draw's runs grouped by outcome mode, most frequent mode first."""
+    """The main draw's runs grouped by outcome mode (in modes.MODES order)."""
     return {mode: [r for r in cell.runs if r.outcome.mode == mode] for mode in cell.modes}
 
 
