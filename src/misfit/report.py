@@ -8,6 +8,7 @@ values are summarised within a mode, and comparisons are intervals (misfit.findi
 """
 from __future__ import annotations
 
+import re
 import statistics
 from pathlib import Path
 
@@ -15,12 +16,12 @@ from misfit import diagnostics, figures
 from misfit.config import Params, load_params
 from misfit.files import atomic_dir, json_float, read_json, write_json_atomic, write_text_atomic
 from misfit.findings import (
-    Cell, Published, baselines, cell_summary, compare_family, format_modes, judge_published, load_cells,
+    ALPHA, Cell, Published, baselines, cell_summary, compare_family, format_modes, judge_published, load_cells,
     relu_lottery,
 )
 from misfit.intervals import holm, welch_difference
 from misfit.layout import LABEL_SUMMARY, PARAMS_FILE, REPORTS_DIR
-from misfit.modes import CONSTANT, DEAD_RELU, DIVERGED, FAILED, LEARNED, WORSE
+from misfit.modes import CONSTANT, DEAD_RELU, DIVERGED, FAILED, LEARNED, WORSE, mode_counts
 from misfit.study import ADDED, PUBLISHED, RECOMMENDED, S0, S1, STUDIES, STUDY_TITLES, TASK_ORDER, recommended_in
 
 FIGURES = "figures"
@@ -31,6 +32,8 @@ DOUBLE_SOFTMAX_PAIRS = (("binary-softmax-ce", "binary-logits-ce"),
                         ("probability-sigmoid-bce", "probability-logits-bcelogits"),
                         ("multilabel-sigmoid-bce", "multilabel-logits-bcelogits"))
 SOURCES = {S0: "seed 000, published", S1: "author, completed S1"}
+SHOWN_DETAILS = 4  # per mode in a table cell; every run's detail is in results.json
+DECIMAL = re.compile(r"-?\d+\.\d+")
 FAILURE_SECTIONS = ((CONSTANT, "One constant answer"), (DEAD_RELU, "A dead ReLU output"),
                     (WORSE, "Varied answers, no better than a constant"))
 
@@ -147,17 +150,25 @@ def modes_text(cell: Cell) -> str:
         details.setdefault(run.outcome.mode, []).append(run.outcome.detail)
     parts = []
     for mode, n in cell.modes.items():
-        kinds = sorted(set(details[mode]) - {""}, key=details[mode].count, reverse=True)
-        if mode in (FAILED, DIVERGED):
-            kinds = []  # the error goes under the table
-        shown = f" ({'; '.join(_count(k, details[mode]) for k in kinds[:3])})" if kinds else ""
+        kinds = [] if mode in (FAILED, DIVERGED) else _detail_groups(details[mode])  # errors go under the table
+        shown = f" ({'; '.join(kinds[:SHOWN_DETAILS])}{'; …' if len(kinds) > SHOWN_DETAILS else ''})" if kinds else ""
         parts.append(f"{n}/{len(cell.runs)} {mode}{shown}")
     return "; ".join(parts)
 
 
-def _count(kind: str, all_kinds: list[str]) -> str:
-    n = all_kinds.count(kind)
-    return kind if n == len(all_kinds) else f"{n}× {kind}"
+def _detail_groups(details: list[str]) -> list[str]:
+    """Details that differ only in a measured number (a constant of -1.35 or -0.99 strokes)
+    as one group with the numbers' range; whole numbers (a digit, an epoch) stay apart."""
+    groups: dict[str, list[list[str]]] = {}
+    for detail in details:
+        if detail:
+            groups.setdefault(DECIMAL.sub("{}", detail), []).append(DECIMAL.findall(detail))
+    texts = []
+    for template, numbers in sorted(groups.items(), key=lambda item: -len(item[1])):
+        slots = [sorted(set(column), key=float) for column in zip(*numbers)]
+        text = template.format(*(s[0] if len(s) == 1 else f"{s[0]} to {s[-1]}" for s in slots))
+        texts.append(text if len(numbers) == len(details) else f"{len(numbers)}× {text}")
+    return texts
 
 
 def value_text(cell: Cell, summary: dict) -> str:
@@ -306,6 +317,48 @@ def published_section(results: dict, cells: dict[str, Cell], params: Params) -> 
                              f"{format_modes(judged['modes'])} | {pi} | {'yes' if judged['inside'] else '**no**'} | "
                              f"{judged.get('explanation') or ''} |")
         lines.append("")
+    return lines
+
+
+def glance_section(results: dict, cells: dict[str, Cell]) -> list[str]:
+    """The headline counts, each computed from the tables below it."""
+    main = [r for c in cells.values() for r in c.runs]
+    further = sum(len(c.draw_runs) for c in cells.values())
+    learned_all = [c for c in cells.values() if c.single_mode == LEARNED]
+    lines = ["", "## At a glance", "",
+             f"- **Runs:** {len(main) + further} in {len(cells)} cells: {len(main)} on the main draw "
+             f"({format_modes(mode_counts([r.outcome for r in main]))}) and {further} on further draws.",
+             f"- **Cells whose every run learned:** {len(learned_all)}/{len(cells)}."]
+    never = [c for c in cells.values() if c.modes and LEARNED not in c.modes]
+    if never:
+        lines.append("- **Cells where no run learned:** " + "; ".join(
+            f"`{c.cell_id}` ({format_modes(c.modes)})" for c in never) + ".")
+    split = [c for c in cells.values() if LEARNED in c.modes and len(c.modes) > 1]
+    if split:
+        lines.append("- **Cells whose runs split into modes** (a mean over them would be no run's value): " + "; ".join(
+            f"`{c.cell_id}` ({format_modes(c.modes)})" for c in split) + ".")
+    for cell_id in RELU_CELLS:
+        if cell_id in results["cells"]:
+            survival = results["cells"][cell_id]["relu"]["survival"]
+            low, high = survival["ci"]
+            lines.append(f"- **`{cell_id}`:** the ReLU survived in {survival['alive']}/{survival['n']} seeds "
+                         f"(95% CI {low:.0%}–{high:.0%}).")
+    comparisons = [c for f in results["families"].values() for c in f["comparisons"].values()]
+    tested = [c for c in comparisons if c["test"]]
+    detected = sum(c["detected"] for c in tested)
+    sizes = " or ".join(sorted({"/".join(str(k) for k in c["n"]) for c in tested})) or "–"
+    lines.append(f"- **Comparisons with the recommended cell:** {len(comparisons)}; {len(tested)} tested (both "
+                 f"cells' runs all learned), {detected} with a difference detected (p_Holm < {ALPHA}), "
+                 f"{len(tested) - detected} with none detected at n = {sizes} runs (their intervals are in the tables); "
+                 f"{len(comparisons) - len(tested)} not tested because a cell's runs are not all `learned`.")
+    judged = [(cell_id, j) for cell_id, e in results["cells"].items() for j in e["published"]]
+    outside = [(cell_id, j) for cell_id, j in judged if not j["inside"]]
+    lines.append(f"- **Published single runs:** {len(judged) - len(outside)} of {len(judged)} fall inside our "
+                 "prediction interval for one new run, or inside the range of one of our modes"
+                 + (": every one." if not outside else "; outside: " + "; ".join(
+                     f"`{cell_id}` ({j['source']}, test {fmt(j['test'], cells[cell_id].metric)})"
+                     for cell_id, j in outside) + " — why, in [Against the published single runs]"
+                     "(#against-the-published-single-runs)."))
     return lines
 
 
@@ -459,6 +512,7 @@ def render_report(cells: dict[str, Cell], results: dict, published: dict, params
         "`reference/author_s1.json`; nothing here is typed by hand. `misfit audit <cell or run id>` shows "
         "everything behind a row.",
     ]
+    lines += glance_section(results, cells)
     for study in STUDIES:
         members_by_task = {t: family(study, t, cells) for t in TASK_ORDER}
         if not any(members_by_task.values()):
