@@ -526,7 +526,7 @@ def render_report(cells: dict[str, Cell], results: dict, published: dict, params
         path = figure_dir / f"test-{study.lower()}.png"
         figures.test_points(STUDY_TITLES[study], {
             t: [(c.cell_id, [(r.test, r.outcome.mode) for r in c.runs]) for c in m]
-            for t, m in members_by_task.items()}, path)
+            for t, m in members_by_task.items()}, {t: b.value for t, b in task_baselines.items()}, path)
         lines += ["", f"![{STUDY_TITLES[study]}]({FIGURES}/{path.name})"]
     lines += relu_section(results, cells)
     lines += published_section(results, cells, params)
