@@ -185,18 +185,23 @@ def value_text(cell: Cell, summary: dict) -> str:
     for mode, stats in summary["per_mode"].items():
         if not stats["n"]:
             continue
-        spread = "" if stats["n"] == 1 else f" ({fmt(stats['min'], metric)}–{fmt(stats['max'], metric)})"
+        low, high = fmt(stats["min"], metric), fmt(stats["max"], metric)
+        spread = "" if stats["n"] == 1 else f" (all {stats['n']})" if low == high else f" ({low}–{high})"
         parts.append(f"{mode}: {fmt(stats['median'], metric)}{spread}")
     return "; ".join(parts)
 
 
 def epochs_text(cell: Cell) -> str:
-    """Median best epoch; "never improved" for constant or dead runs kept at epoch 1."""
+    """Median best epoch, per mode where the runs split; "never improved" for constant or
+    dead runs kept at epoch 1 (a best epoch of 1 would read like fast convergence)."""
     stuck = [r for r in cell.runs if r.outcome.mode in (CONSTANT, DEAD_RELU) and r.record["best_epoch"] == 1]
-    others = [r.record["best_epoch"] for r in cell.runs if r not in stuck and r.record["best_epoch"]]
     parts = []
-    if others:
-        parts.append(f"{statistics.median(others):g} ({min(others)}–{max(others)})")
+    for mode in cell.modes:
+        epochs = [r.record["best_epoch"] for r in cell.runs
+                  if r.outcome.mode == mode and r not in stuck and r.record["best_epoch"]]
+        if epochs:
+            prefix = f"{mode}: " if len(cell.modes) > 1 else ""
+            parts.append(f"{prefix}{statistics.median(epochs):g} ({min(epochs)}–{max(epochs)})")
     if stuck:
         parts.append(f"{len(stuck)}/{len(cell.runs)} never improved after epoch 1")
     return "; ".join(parts) or "–"
@@ -247,10 +252,15 @@ def study_table(study: str, members: list[Cell], results: dict, published: dict,
 
 
 def cell_summary_valid(cell: Cell) -> str:
-    values = [json_float(r.record["valid_best"]) for r in cell.runs if r.test is not None]
-    if not values:
-        return "–"
-    return f"{fmt(statistics.median(values), cell.metric)} (median)"
+    """The median best valid value, per mode where the runs split (a median across modes
+    can fall between them, on no run's value)."""
+    parts = []
+    for mode in cell.modes:
+        values = [json_float(r.record["valid_best"]) for r in cell.runs if r.outcome.mode == mode and r.test is not None]
+        if values:
+            median = fmt(statistics.median(values), cell.metric)
+            parts.append(f"{median} (median)" if len(cell.modes) == 1 else f"{mode}: {median}")
+    return "; ".join(parts) or "–"
 
 
 def family_finding(study: str, task: str, results: dict, cells: dict[str, Cell], baseline) -> list[str]:
