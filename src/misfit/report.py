@@ -279,9 +279,9 @@ def family_finding(study: str, task: str, results: dict, cells: dict[str, Cell],
             interval = f"Δ {fmt(c['estimate'], metric, True)} [{fmt(low, metric, True)}, {fmt(high, metric, True)}]"
             n = "/".join(str(k) for k in c["n"])
             if c["detected"]:
-                verdict = f"differs (p_Holm = {_p(c['p_holm'])}, n = {n})"
+                verdict = f"differs (p_Holm {_p_relation(c['p_holm'])}, n = {n})"
             else:
-                verdict = f"no difference detected at n = {n} (p_Holm = {_p(c['p_holm'])}; the interval is what the data allow)"
+                verdict = f"no difference detected at n = {n} (p_Holm {_p_relation(c['p_holm'])}; the interval is what the data allow)"
             lines.append(f"- `{cell_id}`: {interval}: {verdict}.")
     elif reference is None:
         lines.append("No recommended cell of this table has every run learned, so nothing is compared with it.")
@@ -295,6 +295,12 @@ def family_finding(study: str, task: str, results: dict, cells: dict[str, Cell],
             lines.append(f"- `{cell_id}` seed(s) {', '.join(which)}: {error}.")
     lines.append(f"- The best constant answer ({baseline.text}) scores {fmt(baseline.value, metric)} on test.")
     return lines
+
+
+def _p_relation(value: float) -> str:
+    """The relation that follows "p_Holm": '= 0.031' or '< 0.001'."""
+    text = _p(value)
+    return text if text.startswith("<") else f"= {text}"
 
 
 def _p(value: float) -> str:
