@@ -2,7 +2,7 @@
 train stage's own breakdown, side by side with another commit; and the study efficiency.
 
     python bench/overhead.py [--baseline REV] [--mirror DIR]   # smoke profile, this commit vs REV
-    python bench/overhead.py --efficiency [--log study.log]     # from records/ of a full study
+    python bench/overhead.py --efficiency [--log LOG...]       # from records/ of a full study
 
 Smoke: for this commit (and REV, if given) it makes a clone under a temp dir, runs the data
 stages of the smoke profile there (not timed), then times `dvc repro` of every remaining
@@ -15,7 +15,8 @@ the wall time.
 
 Efficiency: Σ seconds spent in epochs / wall seconds of the study. The epochs' seconds
 come from the records (each epoch's wall, counted once per cell); the wall from the
-timestamps scripts/publish_study.sh writes to its log, else the records' stage seconds.
+timestamps scripts/publish_study.sh writes to its logs (a study may span sessions), else
+the records' stage seconds.
 """
 from __future__ import annotations
 
@@ -147,25 +148,37 @@ def epoch_seconds(record: dict) -> float:
     return sum(per_epoch.values())
 
 
-def log_wall(log: Path) -> float | None:
-    stamps = [datetime.fromisoformat(m.group(1).replace("Z", "+00:00"))
-              for m in re.finditer(r"^== (\S+Z) ", log.read_text(), re.M)]
-    return (stamps[-1] - stamps[0]).total_seconds() if len(stamps) > 1 else None
+def log_wall(logs: list[Path]) -> float | None:
+    """The study's wall seconds from scripts/publish_study.sh's logs, one per session.
+
+    Each "== <time> <step>" line opens a step that the next one closes; a step that no
+    line closes (the session ended mid-cell) is left out, since the next session trained
+    that cell again from the start and its log counts that. Gaps between sessions are not
+    wall time of the study.
+    """
+    total, closed = 0.0, 0
+    for log in logs:
+        stamps = [datetime.fromisoformat(m.group(1).replace("Z", "+00:00"))
+                  for m in re.finditer(r"^== (\S+Z) ", log.read_text(), re.M)]
+        total += sum((b - a).total_seconds() for a, b in zip(stamps, stamps[1:]))
+        closed += max(0, len(stamps) - 1)
+    return total if closed else None
 
 
 def efficiency(args) -> None:
-    records = [json.loads(p.read_text()) for p in sorted((ROOT / "records").glob("*.json"))]
+    records_dir = Path(args.records)
+    records = [json.loads(p.read_text()) for p in sorted(records_dir.glob("*.json"))]
     if not records:
-        raise SystemExit(f"{ROOT / 'records'}: no records; run the study first")
+        raise SystemExit(f"{records_dir}: no records; run the study first")
     epochs = sum(epoch_seconds(r) for r in records)
     stages = sum(r["seconds"] for r in records)
     model_epochs = sum(len(run_record["history"]) for r in records for run_record in r["runs"])
-    wall = log_wall(Path(args.log)) if args.log else None
+    wall = log_wall([Path(log) for log in args.log]) if args.log else None
     print(f"{len(records)} cells, {model_epochs} model-epochs, {epochs:.0f} s in epochs "
           f"({epochs / model_epochs:.3f} s per model-epoch)")
     print(f"in-stage efficiency: epochs / train stage seconds = {epochs:.0f} / {stages:.0f} = {epochs / stages:.3f}")
     if wall:
-        print(f"study efficiency: epochs / wall (from {args.log}) = {epochs:.0f} / {wall:.0f} = {epochs / wall:.3f}")
+        print(f"study efficiency: epochs / wall (from {', '.join(args.log)}) = {epochs:.0f} / {wall:.0f} = {epochs / wall:.3f}")
 
 
 def main() -> None:
@@ -174,7 +187,8 @@ def main() -> None:
     parser.add_argument("--mirror", default=str(SHARED_MNIST), help="directory with the MNIST IDX files")
     parser.add_argument("--cells", type=int, help="only the first N cells (a quick check of the bench itself)")
     parser.add_argument("--efficiency", action="store_true", help="study efficiency from records/")
-    parser.add_argument("--log", help="scripts/publish_study.sh's log, for the study's wall time")
+    parser.add_argument("--records", default=str(ROOT / "records"), help="the study's records/ (default: this checkout's)")
+    parser.add_argument("--log", nargs="+", help="scripts/publish_study.sh's logs (one per session), for the study's wall time")
     args = parser.parse_args()
     efficiency(args) if args.efficiency else smoke(args)
 

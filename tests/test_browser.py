@@ -154,7 +154,8 @@ def test_filter_by_task_tag(server, project, chromium, tmp_path):
 def test_report_link_opens_the_run(server, project, chromium, tmp_path):
     from misfit.config import load_params
     from misfit.files import read_json
-    from misfit.report import load_cells, run_ids
+    from misfit.findings import load_cells
+    from misfit.report import run_ids
 
     base = server.base
     root, _ = project

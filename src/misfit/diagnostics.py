@@ -138,6 +138,6 @@ def _regression_statements(cell, snap, reference) -> list[str]:
         return []
     ratio = spread / target
     if ratio < 0.5 or ratio > 1.5:
-        return [f"`{cell}`: when it stops its predictions spread {spread:.2f} strokes (std) against the "
-                f"targets' {target:.2f}, {ratio:.2f}× the targets' spread."]
+        return [f"`{cell}`: when it stops its predictions spread {_fmt(spread)} strokes (std) against the "
+                f"targets' {_fmt(target)}, {_fmt(ratio)}× the targets' spread."]
     return []

@@ -65,9 +65,11 @@ MODE_COLOURS = {"learned": "tab:blue", "constant": "tab:orange", "dead-relu": "t
                 "worse-than-constant": "tab:purple", "diverged": "tab:brown", "failed": "black"}
 
 
-def test_points(title: str, groups: dict[str, list[tuple[str, list[tuple[float | None, str]]]]], path: Path) -> None:
+def test_points(title: str, groups: dict[str, list[tuple[str, list[tuple[float | None, str]]]]],
+                baselines: dict[str, float], path: Path) -> None:
     """Every run's test metric, one row per cell, coloured by outcome mode (no bars: a mean
-    over runs in different modes would be no run's value). One panel per task."""
+    over runs in different modes would be no run's value), and a dashed line at what the
+    best constant answer scores. One panel per task."""
     tasks = [task for task, rows in groups.items() if rows]
     if not tasks:
         return
@@ -81,13 +83,17 @@ def test_points(title: str, groups: dict[str, list[tuple[str, list[tuple[float |
         for y, (_, runs) in enumerate(rows):
             values = [(v, m) for v, m in runs if v is not None and math.isfinite(v)]
             if not values:
-                ax.text(0.01, y, "  no finite result", va="center", color="tab:red", fontsize=8,
-                        transform=ax.get_yaxis_transform())
+                modes = sorted({m for _, m in runs})
+                ax.text(0.01, y, f"  no value: {len(runs)}/{len(runs)} {' or '.join(modes)}", va="center",
+                        color="tab:red", fontsize=8, transform=ax.get_yaxis_transform())
             jitter = np.linspace(-0.18, 0.18, len(values)) if len(values) > 1 else [0.0]
             for (value, mode), dy in zip(values, jitter):
                 ax.plot(_scaled(value, metric), y + dy, "o", ms=3.5, alpha=0.8, color=MODE_COLOURS[mode],
                         label=mode if mode not in seen else None)
                 seen.add(mode)
+        ax.axvline(_scaled(baselines[task], metric), color="grey", linestyle="--", linewidth=1,
+                   label=None if "baseline" in seen else "best constant answer")
+        seen.add("baseline")
         ax.set_yticks(np.arange(len(rows)), [cell for cell, _ in rows], fontsize=8)
         ax.set_ylim(len(rows) - 0.5, -0.5)
         if metric == "mse":
@@ -95,7 +101,8 @@ def test_points(title: str, groups: dict[str, list[tuple[str, list[tuple[float |
         ax.set_xlabel(f"test {UNITS[metric]}")
         ax.set_title(task, fontsize=10, loc="left")
         ax.grid(axis="x", alpha=0.3)
-    axes[0, 0].legend(fontsize=7, loc="lower right")
+    # above the first panel, beside its title: inside a panel it would hide points
+    axes[0, 0].legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(seen), frameon=False)
     fig.suptitle(f"{title}: test metric of every run (main draw), coloured by outcome", fontsize=11)
     _save(fig, path)
 

@@ -7,9 +7,12 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from misfit.files import json_float
+from misfit.config import Params
+from misfit.files import json_float, read_json
 from misfit.intervals import Difference, PredictionInterval, holm, prediction_interval, welch_difference, wilson
+from misfit.layout import RECORDS_DIR
 from misfit.modes import CONSTANT, DEAD_RELU, LEARNED, Outcome, TaskContext, classify, mode_counts
 from misfit.tasks import STROKES
 
@@ -127,6 +130,17 @@ def load_cell(cell_id: str, record: dict, main_subset_seed: int, label_summary: 
     return Cell(cell_id, record["task"], record["metric"], record["cell"]["activation"], record,
                 [r for r in runs if r.subset_seed == main_subset_seed],
                 [r for r in runs if r.subset_seed != main_subset_seed])
+
+
+def load_cells(root: Path, params: Params, label_summary: dict) -> dict[str, Cell]:
+    """Every cell of params.yaml from records/<cell>.json, its runs sorted into modes."""
+    cells = {}
+    for cell_id in params.cells:
+        path = root / RECORDS_DIR / f"{cell_id}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing; run train@{cell_id} first (dvc repro)")
+        cells[cell_id] = load_cell(cell_id, read_json(path), params.data.subset_seed, label_summary)
+    return cells
 
 
 def mode_summary(values: list[float]) -> dict:

@@ -1,12 +1,17 @@
 """The data behind DVC's plots (`dvc plots show`, `dvc plots diff <rev>`): two CSV files
 the report stage writes next to the report, drawn by the templates in .dvc/plots/.
 
-reports/plots/learning_curves.csv   task, cell, epoch, valid_metric (mean over the main
-                                    draw's seeds still training at that epoch), n_seeds
-reports/plots/test.csv              task, cell, metric, test_mean, test_sd, test_lo,
-                                    test_hi (mean ± sd), n: one bar per cell
+Like the report, they never average across outcome modes: a cell whose runs split (a ReLU
+that lived in some seeds and died in others) gives one series per mode, named
+"<cell> · <mode> k/n", so a plot shows no curve or bar that is no run's.
 
-Long format, one row per point: the templates facet by task and colour by cell, so the
+reports/plots/learning_curves.csv   task, cell, mode, series, epoch, valid_metric (median
+                                    over the mode's main-draw runs still training at that
+                                    epoch), n_runs
+reports/plots/test.csv              task, cell, mode, series, metric, test_median, test_min,
+                                    test_max, n: one bar per (cell, mode), the rule its range
+
+Long format, one row per point: the templates facet by task and colour by series, so the
 files and dvc.yaml stay the same whichever cells params.yaml holds.
 """
 from __future__ import annotations
@@ -18,11 +23,12 @@ from pathlib import Path
 
 from misfit.config import load_params
 from misfit.files import json_float, read_json, write_text_atomic
-from misfit.layout import METRICS_DIR, PARAMS_FILE, RECORDS_DIR, REPORTS_DIR
+from misfit.findings import Cell, Run, load_cells
+from misfit.layout import LABEL_SUMMARY, PARAMS_FILE, REPORTS_DIR
 
 PLOTS_DIR = REPORTS_DIR / "plots"
-CURVE_COLUMNS = ("task", "cell", "epoch", "valid_metric", "n_seeds")
-TEST_COLUMNS = ("task", "cell", "metric", "test_mean", "test_sd", "test_lo", "test_hi", "n")
+CURVE_COLUMNS = ("task", "cell", "mode", "series", "epoch", "valid_metric", "n_runs")
+TEST_COLUMNS = ("task", "cell", "mode", "series", "metric", "test_median", "test_min", "test_max", "n")
 
 
 def _csv(columns: tuple[str, ...], rows: list[dict]) -> str:
@@ -38,46 +44,51 @@ def _finite(value) -> float | None:
     return number if number is not None and number == number and abs(number) != float("inf") else None
 
 
-def curve_rows(cell: str, record: dict) -> list[dict]:
-    """Per epoch, the valid metric averaged over the main draw's runs that reached it."""
-    main = (record["data"].get("config") or {}).get("subset_seed")
-    by_epoch: dict[int, list[float]] = {}
-    for run in record["runs"]:
-        if run.get("subset_seed", main) != main:
-            continue
-        for entry in run.get("history") or []:
-            value = _finite(entry.get("valid_metric"))
-            if value is not None:
-                by_epoch.setdefault(int(entry["epoch"]), []).append(value)
-    return [{"task": record["task"], "cell": cell, "epoch": epoch, "valid_metric": statistics.fmean(values),
-             "n_seeds": len(values)} for epoch, values in sorted(by_epoch.items())]
+def runs_by_mode(cell: Cell) -> dict[str, list[Run]]:
+    """The main draw's runs grouped by outcome mode (in modes.MODES order)."""
+    return {mode: [r for r in cell.runs if r.outcome.mode == mode] for mode in cell.modes}
 
 
-def test_row(cell: str, task: str, metric: str, metrics: dict) -> dict | None:
-    test = metrics.get("test") or {}
-    mean, sd = _finite(test.get("mean")), _finite(test.get("sd", test.get("std")))
-    if mean is None:
-        return None  # every seed failed: no bar
-    spread = sd or 0.0
-    return {"task": task, "cell": cell, "metric": metric, "test_mean": mean, "test_sd": sd,
-            "test_lo": mean - spread, "test_hi": mean + spread, "n": test.get("n")}
+def series_name(cell: Cell, mode: str, runs: list[Run]) -> str:
+    return f"{cell.cell_id} · {mode} {len(runs)}/{len(cell.runs)}"
+
+
+def curve_rows(cell: Cell) -> list[dict]:
+    """Per mode and epoch, the median valid metric of the mode's runs that reached the epoch."""
+    rows = []
+    for mode, runs in runs_by_mode(cell).items():
+        by_epoch: dict[int, list[float]] = {}
+        for run in runs:
+            for entry in run.record.get("history") or []:
+                value = _finite(entry.get("valid_metric"))
+                if value is not None:
+                    by_epoch.setdefault(int(entry["epoch"]), []).append(value)
+        series = series_name(cell, mode, runs)
+        rows += [{"task": cell.task, "cell": cell.cell_id, "mode": mode, "series": series, "epoch": epoch,
+                  "valid_metric": statistics.median(values), "n_runs": len(values)}
+                 for epoch, values in sorted(by_epoch.items())]
+    return rows
+
+
+def bar_rows(cell: Cell) -> list[dict]:
+    """Per mode with a test value: its median, its range and how many runs it holds."""
+    rows = []
+    for mode, runs in runs_by_mode(cell).items():
+        values = [r.test for r in runs if r.test is not None]
+        if not values:
+            continue  # failed or diverged runs: no value to draw; the report names their error
+        rows.append({"task": cell.task, "cell": cell.cell_id, "mode": mode, "series": series_name(cell, mode, runs),
+                     "metric": cell.metric, "test_median": statistics.median(values), "test_min": min(values),
+                     "test_max": max(values), "n": len(values)})
+    return rows
 
 
 def write_plot_data(root: Path = Path(".")) -> None:
     params = load_params(root / PARAMS_FILE)
-    curves, bars = [], []
-    for cell in params.cells:
-        record_file = root / RECORDS_DIR / f"{cell}.json"
-        metrics_file = root / METRICS_DIR / f"{cell}.json"
-        for path in (record_file, metrics_file):
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: missing; run train@{cell} first (dvc repro)")
-        record = read_json(record_file)
-        curves += curve_rows(cell, record)
-        row = test_row(cell, record["task"], record["metric"], read_json(metrics_file))
-        if row is not None:
-            bars.append(row)
+    cells = load_cells(root, params, read_json(root / LABEL_SUMMARY))
+    curves = [row for cell in cells.values() for row in curve_rows(cell)]
+    bars = [row for cell in cells.values() for row in bar_rows(cell)]
     write_text_atomic(root / PLOTS_DIR / "learning_curves.csv", _csv(CURVE_COLUMNS, curves))
     write_text_atomic(root / PLOTS_DIR / "test.csv", _csv(TEST_COLUMNS, bars))
     print(f"wrote {PLOTS_DIR}/learning_curves.csv ({len(curves)} points) and {PLOTS_DIR}/test.csv "
-          f"({len(bars)} cells)")
+          f"({len(bars)} bars, one per cell and outcome mode)")

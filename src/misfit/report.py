@@ -8,6 +8,7 @@ values are summarised within a mode, and comparisons are intervals (misfit.findi
 """
 from __future__ import annotations
 
+import re
 import statistics
 from pathlib import Path
 
@@ -15,12 +16,12 @@ from misfit import diagnostics, figures
 from misfit.config import Params, load_params
 from misfit.files import atomic_dir, json_float, read_json, write_json_atomic, write_text_atomic
 from misfit.findings import (
-    Cell, Published, baselines, cell_summary, compare_family, format_modes, judge_published, load_cell,
+    ALPHA, Cell, Published, baselines, cell_summary, compare_family, format_modes, judge_published, load_cells,
     relu_lottery,
 )
 from misfit.intervals import holm, welch_difference
-from misfit.layout import LABEL_SUMMARY, PARAMS_FILE, RECORDS_DIR, REPORTS_DIR
-from misfit.modes import CONSTANT, DEAD_RELU, DIVERGED, FAILED, LEARNED, WORSE
+from misfit.layout import LABEL_SUMMARY, PARAMS_FILE, REPORTS_DIR
+from misfit.modes import CONSTANT, DEAD_RELU, DIVERGED, FAILED, LEARNED, WORSE, mode_counts
 from misfit.study import ADDED, PUBLISHED, RECOMMENDED, S0, S1, STUDIES, STUDY_TITLES, TASK_ORDER, recommended_in
 
 FIGURES = "figures"
@@ -31,21 +32,13 @@ DOUBLE_SOFTMAX_PAIRS = (("binary-softmax-ce", "binary-logits-ce"),
                         ("probability-sigmoid-bce", "probability-logits-bcelogits"),
                         ("multilabel-sigmoid-bce", "multilabel-logits-bcelogits"))
 SOURCES = {S0: "seed 000, published", S1: "author, completed S1"}
+SHOWN_DETAILS = 4  # per mode in a table cell; every run's detail is in results.json
+DECIMAL = re.compile(r"-?\d+\.\d+")
 FAILURE_SECTIONS = ((CONSTANT, "One constant answer"), (DEAD_RELU, "A dead ReLU output"),
                     (WORSE, "Varied answers, no better than a constant"))
 
 
 # -- data ----------------------------------------------------------------------------
-
-def load_cells(root: Path, params: Params, label_summary: dict) -> dict[str, Cell]:
-    cells = {}
-    for cell_id in params.cells:
-        path = root / RECORDS_DIR / f"{cell_id}.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: missing; run train@{cell_id} first (dvc repro)")
-        cells[cell_id] = load_cell(cell_id, read_json(path), params.data.subset_seed, label_summary)
-    return cells
-
 
 def published_runs(root: Path) -> dict[str, dict[str, Published]]:
     """{study: {cell: Published}}: seed 000's six (S0) and the author's completed S1 tables."""
@@ -157,17 +150,25 @@ def modes_text(cell: Cell) -> str:
         details.setdefault(run.outcome.mode, []).append(run.outcome.detail)
     parts = []
     for mode, n in cell.modes.items():
-        kinds = sorted(set(details[mode]) - {""}, key=details[mode].count, reverse=True)
-        if mode in (FAILED, DIVERGED):
-            kinds = []  # the error goes under the table
-        shown = f" ({'; '.join(_count(k, details[mode]) for k in kinds[:3])})" if kinds else ""
+        kinds = [] if mode in (FAILED, DIVERGED) else _detail_groups(details[mode])  # errors go under the table
+        shown = f" ({'; '.join(kinds[:SHOWN_DETAILS])}{'; …' if len(kinds) > SHOWN_DETAILS else ''})" if kinds else ""
         parts.append(f"{n}/{len(cell.runs)} {mode}{shown}")
     return "; ".join(parts)
 
 
-def _count(kind: str, all_kinds: list[str]) -> str:
-    n = all_kinds.count(kind)
-    return kind if n == len(all_kinds) else f"{n}× {kind}"
+def _detail_groups(details: list[str]) -> list[str]:
+    """Details that differ only in a measured number (a constant of -1.35 or -0.99 strokes)
+    as one group with the numbers' range; whole numbers (a digit, an epoch) stay apart."""
+    groups: dict[str, list[list[str]]] = {}
+    for detail in details:
+        if detail:
+            groups.setdefault(DECIMAL.sub("{}", detail), []).append(DECIMAL.findall(detail))
+    texts = []
+    for template, numbers in sorted(groups.items(), key=lambda item: -len(item[1])):
+        slots = [sorted(set(column), key=float) for column in zip(*numbers)]
+        text = template.format(*(s[0] if len(s) == 1 else f"{s[0]} to {s[-1]}" for s in slots))
+        texts.append(text if len(numbers) == len(details) else f"{len(numbers)}× {text}")
+    return texts
 
 
 def value_text(cell: Cell, summary: dict) -> str:
@@ -184,18 +185,23 @@ def value_text(cell: Cell, summary: dict) -> str:
     for mode, stats in summary["per_mode"].items():
         if not stats["n"]:
             continue
-        spread = "" if stats["n"] == 1 else f" ({fmt(stats['min'], metric)}–{fmt(stats['max'], metric)})"
+        low, high = fmt(stats["min"], metric), fmt(stats["max"], metric)
+        spread = "" if stats["n"] == 1 else f" (all {stats['n']})" if low == high else f" ({low}–{high})"
         parts.append(f"{mode}: {fmt(stats['median'], metric)}{spread}")
     return "; ".join(parts)
 
 
 def epochs_text(cell: Cell) -> str:
-    """Median best epoch; "never improved" for constant or dead runs kept at epoch 1."""
+    """Median best epoch, per mode where the runs split; "never improved" for constant or
+    dead runs kept at epoch 1 (a best epoch of 1 would read like fast convergence)."""
     stuck = [r for r in cell.runs if r.outcome.mode in (CONSTANT, DEAD_RELU) and r.record["best_epoch"] == 1]
-    others = [r.record["best_epoch"] for r in cell.runs if r not in stuck and r.record["best_epoch"]]
     parts = []
-    if others:
-        parts.append(f"{statistics.median(others):g} ({min(others)}–{max(others)})")
+    for mode in cell.modes:
+        epochs = [r.record["best_epoch"] for r in cell.runs
+                  if r.outcome.mode == mode and r not in stuck and r.record["best_epoch"]]
+        if epochs:
+            prefix = f"{mode}: " if len(cell.modes) > 1 else ""
+            parts.append(f"{prefix}{statistics.median(epochs):g} ({min(epochs)}–{max(epochs)})")
     if stuck:
         parts.append(f"{len(stuck)}/{len(cell.runs)} never improved after epoch 1")
     return "; ".join(parts) or "–"
@@ -246,10 +252,15 @@ def study_table(study: str, members: list[Cell], results: dict, published: dict,
 
 
 def cell_summary_valid(cell: Cell) -> str:
-    values = [json_float(r.record["valid_best"]) for r in cell.runs if r.test is not None]
-    if not values:
-        return "–"
-    return f"{fmt(statistics.median(values), cell.metric)} (median)"
+    """The median best valid value, per mode where the runs split (a median across modes
+    can fall between them, on no run's value)."""
+    parts = []
+    for mode in cell.modes:
+        values = [json_float(r.record["valid_best"]) for r in cell.runs if r.outcome.mode == mode and r.test is not None]
+        if values:
+            median = fmt(statistics.median(values), cell.metric)
+            parts.append(f"{median} (median)" if len(cell.modes) == 1 else f"{mode}: {median}")
+    return "; ".join(parts) or "–"
 
 
 def family_finding(study: str, task: str, results: dict, cells: dict[str, Cell], baseline) -> list[str]:
@@ -268,9 +279,9 @@ def family_finding(study: str, task: str, results: dict, cells: dict[str, Cell],
             interval = f"Δ {fmt(c['estimate'], metric, True)} [{fmt(low, metric, True)}, {fmt(high, metric, True)}]"
             n = "/".join(str(k) for k in c["n"])
             if c["detected"]:
-                verdict = f"differs (p_Holm = {_p(c['p_holm'])}, n = {n})"
+                verdict = f"differs (p_Holm {_p_relation(c['p_holm'])}, n = {n})"
             else:
-                verdict = f"no difference detected at n = {n} (p_Holm = {_p(c['p_holm'])}; the interval is what the data allow)"
+                verdict = f"no difference detected at n = {n} (p_Holm {_p_relation(c['p_holm'])}; the interval is what the data allow)"
             lines.append(f"- `{cell_id}`: {interval}: {verdict}.")
     elif reference is None:
         lines.append("No recommended cell of this table has every run learned, so nothing is compared with it.")
@@ -284,6 +295,12 @@ def family_finding(study: str, task: str, results: dict, cells: dict[str, Cell],
             lines.append(f"- `{cell_id}` seed(s) {', '.join(which)}: {error}.")
     lines.append(f"- The best constant answer ({baseline.text}) scores {fmt(baseline.value, metric)} on test.")
     return lines
+
+
+def _p_relation(value: float) -> str:
+    """The relation that follows "p_Holm": '= 0.031' or '< 0.001'."""
+    text = _p(value)
+    return text if text.startswith("<") else f"= {text}"
 
 
 def _p(value: float) -> str:
@@ -316,6 +333,48 @@ def published_section(results: dict, cells: dict[str, Cell], params: Params) -> 
                              f"{format_modes(judged['modes'])} | {pi} | {'yes' if judged['inside'] else '**no**'} | "
                              f"{judged.get('explanation') or ''} |")
         lines.append("")
+    return lines
+
+
+def glance_section(results: dict, cells: dict[str, Cell]) -> list[str]:
+    """The headline counts, each computed from the tables below it."""
+    main = [r for c in cells.values() for r in c.runs]
+    further = sum(len(c.draw_runs) for c in cells.values())
+    learned_all = [c for c in cells.values() if c.single_mode == LEARNED]
+    lines = ["", "## At a glance", "",
+             f"- **Runs:** {len(main) + further} in {len(cells)} cells: {len(main)} on the main draw "
+             f"({format_modes(mode_counts([r.outcome for r in main]))}) and {further} on further draws.",
+             f"- **Cells whose every run learned:** {len(learned_all)}/{len(cells)}."]
+    never = [c for c in cells.values() if c.modes and LEARNED not in c.modes]
+    if never:
+        lines.append("- **Cells where no run learned:** " + "; ".join(
+            f"`{c.cell_id}` ({format_modes(c.modes)})" for c in never) + ".")
+    split = [c for c in cells.values() if LEARNED in c.modes and len(c.modes) > 1]
+    if split:
+        lines.append("- **Cells whose runs split into modes** (a mean over them would be no run's value): " + "; ".join(
+            f"`{c.cell_id}` ({format_modes(c.modes)})" for c in split) + ".")
+    for cell_id in RELU_CELLS:
+        if cell_id in results["cells"]:
+            survival = results["cells"][cell_id]["relu"]["survival"]
+            low, high = survival["ci"]
+            lines.append(f"- **`{cell_id}`:** the ReLU survived in {survival['alive']}/{survival['n']} seeds "
+                         f"(95% CI {low:.0%}–{high:.0%}).")
+    comparisons = [c for f in results["families"].values() for c in f["comparisons"].values()]
+    tested = [c for c in comparisons if c["test"]]
+    detected = sum(c["detected"] for c in tested)
+    sizes = " or ".join(sorted({"/".join(str(k) for k in c["n"]) for c in tested})) or "–"
+    lines.append(f"- **Comparisons with the recommended cell:** {len(comparisons)}; {len(tested)} tested (both "
+                 f"cells' runs all learned), {detected} with a difference detected (p_Holm < {ALPHA}), "
+                 f"{len(tested) - detected} with none detected at n = {sizes} runs (their intervals are in the tables); "
+                 f"{len(comparisons) - len(tested)} not tested because a cell's runs are not all `learned`.")
+    judged = [(cell_id, j) for cell_id, e in results["cells"].items() for j in e["published"]]
+    outside = [(cell_id, j) for cell_id, j in judged if not j["inside"]]
+    lines.append(f"- **Published single runs:** {len(judged) - len(outside)} of {len(judged)} fall inside our "
+                 "prediction interval for one new run, or inside the range of one of our modes"
+                 + (": every one." if not outside else "; outside: " + "; ".join(
+                     f"`{cell_id}` ({j['source']}, test {fmt(j['test'], cells[cell_id].metric)})"
+                     for cell_id, j in outside) + " — why, in [Against the published single runs]"
+                     "(#against-the-published-single-runs)."))
     return lines
 
 
@@ -469,6 +528,7 @@ def render_report(cells: dict[str, Cell], results: dict, published: dict, params
         "`reference/author_s1.json`; nothing here is typed by hand. `misfit audit <cell or run id>` shows "
         "everything behind a row.",
     ]
+    lines += glance_section(results, cells)
     for study in STUDIES:
         members_by_task = {t: family(study, t, cells) for t in TASK_ORDER}
         if not any(members_by_task.values()):
@@ -482,7 +542,7 @@ def render_report(cells: dict[str, Cell], results: dict, published: dict, params
         path = figure_dir / f"test-{study.lower()}.png"
         figures.test_points(STUDY_TITLES[study], {
             t: [(c.cell_id, [(r.test, r.outcome.mode) for r in c.runs]) for c in m]
-            for t, m in members_by_task.items()}, path)
+            for t, m in members_by_task.items()}, {t: b.value for t, b in task_baselines.items()}, path)
         lines += ["", f"![{STUDY_TITLES[study]}]({FIGURES}/{path.name})"]
     lines += relu_section(results, cells)
     lines += published_section(results, cells, params)
