@@ -97,7 +97,7 @@ def test_a_non_finite_test_score_is_diverged():
 
 
 @pytest.mark.parametrize(("task", "answer", "text"), [
-    ("multiclass", 1.0, "digit 1"), ("binary", 0.0, "class 0 (not curved)"), ("probability", 1.0, "always 1"),
+    ("multiclass", 1.0, "digit 1"), ("binary", 0.0, "class 0 (not curved)"), ("probability", 1.0, "always 1 = curved"),
     ("multilabel", 0b0101, "labels {even, curved}"), ("multilabel", 0.0, "no label"),
 ])
 def test_constant_answers_are_named(task, answer, text):

@@ -51,7 +51,7 @@ def test_results_hold_every_cell_with_its_runs_and_modes(repro):
     assert binary["modes"] == {"learned": 2} and binary["mean"] > 0.8 and binary["ci"][0] <= binary["mean"]
     # probability + softmax answers a constant 1: the share of curved digits, whatever it is
     assert results["probability-softmax-ce"]["modes"] == {"constant": 2}
-    assert {r["detail"] for r in results["probability-softmax-ce"]["runs"]} == {"always 1"}
+    assert {r["detail"] for r in results["probability-softmax-ce"]["runs"]} == {"always 1 = curved"}
 
 
 def test_report_shows_numbers_and_the_failure(repro):

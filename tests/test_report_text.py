@@ -14,3 +14,20 @@ def test_whole_numbers_are_categories_and_groups_count_their_runs():
     assert found == ["2× digit 1", "1× digit 7", "1× the mean (2.60)"]
     assert _detail_groups(["died in epoch 2", "dead at initialisation", "dead at initialisation"]) == [
         "2× dead at initialisation", "1× died in epoch 2"]
+
+
+def test_a_collapse_to_the_minority_answer_is_named_as_such():
+    from misfit.findings import Baseline, Cell, Run
+    from misfit.modes import CONSTANT, LEARNED, Outcome
+    from misfit.report import constant_answer_lines
+
+    runs = [Run(seed, 0, {"test": 0.4931}, Outcome(CONSTANT, "always 1 = curved")) for seed in range(4)]
+    runs.append(Run(4, 0, {"test": 0.97}, Outcome(LEARNED, "")))
+    cell = Cell("probability-softmax-ce", "probability", "accuracy", "softmax", {}, runs, [])
+    (line,) = constant_answer_lines(cell, Baseline(0.5069, "always answering the majority answer"))
+    assert "4/5 runs answer always 1 = curved" in line and "49.31% on test" in line
+    assert "1.38 points less than the best constant answer: not the majority answer" in line
+    majority = Cell("binary-softmax-ce", "binary", "accuracy", "softmax", {},
+                    [Run(0, 0, {"test": 0.5069}, Outcome(CONSTANT, "class 0 (not curved)"))], [])
+    (line,) = constant_answer_lines(majority, Baseline(0.5069, "always answering the majority class"))
+    assert "as much as the best constant answer" in line

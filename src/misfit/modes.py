@@ -130,7 +130,7 @@ def describe_answer(task: str, answer: float | None) -> str:
     if task == "binary":
         return "class 1 (curved)" if answer == 1 else "class 0 (not curved)"
     if task == "probability":
-        return f"always {answer:g}"
+        return f"always {answer:g} = {'curved' if answer == 1 else 'not curved'}"
     code = int(answer)
     labels = [name for bit, name in enumerate(MULTILABEL_NAMES) if code >> bit & 1]
     return "labels {" + ", ".join(labels) + "}" if labels else "no label"

@@ -293,7 +293,27 @@ def family_finding(study: str, task: str, results: dict, cells: dict[str, Cell],
         for error in errors:
             which = [str(r.seed) for r in cell.runs if r.outcome.detail == error]
             lines.append(f"- `{cell_id}` seed(s) {', '.join(which)}: {error}.")
+        lines += constant_answer_lines(cell, baseline)
     lines.append(f"- The best constant answer ({baseline.text}) scores {fmt(baseline.value, metric)} on test.")
+    return lines
+
+
+def constant_answer_lines(cell: Cell, baseline) -> list[str]:
+    """A classifier's constant runs, per answer: what that answer scores next to the best
+    constant answer (a collapse to the minority answer scores below it)."""
+    if cell.metric != "accuracy":
+        return []
+    lines = []
+    runs = [r for r in cell.runs if r.outcome.mode == CONSTANT and r.test is not None]
+    for answer in sorted({r.outcome.detail for r in runs}):
+        scores = [r.test for r in runs if r.outcome.detail == answer]
+        low, high = fmt(min(scores), cell.metric), fmt(max(scores), cell.metric)
+        shown = f"{low}%" if low == high else f"{low}–{high}%"
+        gap = baseline.value - max(scores)
+        versus = ("as much as the best constant answer" if gap <= 1e-9 else
+                  f"{fmt(gap, cell.metric)} points less than the best constant answer: not the majority answer")
+        lines.append(f"- `{cell.cell_id}`: {len(scores)}/{len(cell.runs)} runs answer {answer} for (nearly) every "
+                     f"image, which scores {shown} on test, {versus}.")
     return lines
 
 
