@@ -92,8 +92,7 @@ def test_points(title: str, groups: dict[str, list[tuple[str, list[tuple[float |
                         label=mode if mode not in seen else None)
                 seen.add(mode)
         ax.axvline(_scaled(baselines[task], metric), color="grey", linestyle="--", linewidth=1,
-                   label=None if "baseline" in seen else "best constant answer")
-        seen.add("baseline")
+                   label="best constant answer" if ax is axes[0, 0] else None)
         ax.set_yticks(np.arange(len(rows)), [cell for cell, _ in rows], fontsize=8)
         ax.set_ylim(len(rows) - 0.5, -0.5)
         if metric == "mse":
@@ -101,8 +100,11 @@ def test_points(title: str, groups: dict[str, list[tuple[str, list[tuple[float |
         ax.set_xlabel(f"test {UNITS[metric]}")
         ax.set_title(task, fontsize=10, loc="left")
         ax.grid(axis="x", alpha=0.3)
-    # above the first panel, beside its title: inside a panel it would hide points
-    axes[0, 0].legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(seen), frameon=False)
+    # every panel's entries (a mode may first appear in a later panel), above the first
+    # panel beside its title: inside a panel it would hide points
+    handles = [h for ax in axes[:, 0] for h in ax.get_legend_handles_labels()[0]]
+    axes[0, 0].legend(handles=handles, fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0),
+                      ncol=len(handles), frameon=False)
     fig.suptitle(f"{title}: test metric of every run (main draw), coloured by outcome", fontsize=11)
     _save(fig, path)
 

@@ -107,6 +107,11 @@ class Cell:
         return mode_counts([r.outcome for r in self.runs])
 
     @property
+    def by_mode(self) -> dict[str, list[Run]]:
+        """The main draw's runs grouped by outcome mode, in modes.MODES order."""
+        return {mode: [r for r in self.runs if r.outcome.mode == mode] for mode in self.modes}
+
+    @property
     def single_mode(self) -> str | None:
         modes = self.modes
         return next(iter(modes)) if len(modes) == 1 else None

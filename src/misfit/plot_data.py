@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import statistics
 from pathlib import Path
 
@@ -41,12 +42,7 @@ def _csv(columns: tuple[str, ...], rows: list[dict]) -> str:
 
 def _finite(value) -> float | None:
     number = json_float(value)
-    return number if number is not None and number == number and abs(number) != float("inf") else None
-
-
-def runs_by_mode(cell: Cell) -> dict[str, list[Run]]:
-    """The main draw's runs grouped by outcome mode (in modes.MODES order)."""
-    return {mode: [r for r in cell.runs if r.outcome.mode == mode] for mode in cell.modes}
+    return number if number is not None and math.isfinite(number) else None
 
 
 def series_name(cell: Cell, mode: str, runs: list[Run]) -> str:
@@ -56,7 +52,7 @@ def series_name(cell: Cell, mode: str, runs: list[Run]) -> str:
 def curve_rows(cell: Cell) -> list[dict]:
     """Per mode and epoch, the median valid metric of the mode's runs that reached the epoch."""
     rows = []
-    for mode, runs in runs_by_mode(cell).items():
+    for mode, runs in cell.by_mode.items():
         by_epoch: dict[int, list[float]] = {}
         for run in runs:
             for entry in run.record.get("history") or []:
@@ -73,7 +69,7 @@ def curve_rows(cell: Cell) -> list[dict]:
 def bar_rows(cell: Cell) -> list[dict]:
     """Per mode with a test value: its median, its range and how many runs it holds."""
     rows = []
-    for mode, runs in runs_by_mode(cell).items():
+    for mode, runs in cell.by_mode.items():
         values = [r.test for r in runs if r.test is not None]
         if not values:
             continue  # failed or diverged runs: no value to draw; the report names their error

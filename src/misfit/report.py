@@ -196,9 +196,8 @@ def epochs_text(cell: Cell) -> str:
     dead runs kept at epoch 1 (a best epoch of 1 would read like fast convergence)."""
     stuck = [r for r in cell.runs if r.outcome.mode in (CONSTANT, DEAD_RELU) and r.record["best_epoch"] == 1]
     parts = []
-    for mode in cell.modes:
-        epochs = [r.record["best_epoch"] for r in cell.runs
-                  if r.outcome.mode == mode and r not in stuck and r.record["best_epoch"]]
+    for mode, runs in cell.by_mode.items():
+        epochs = [r.record["best_epoch"] for r in runs if r not in stuck and r.record["best_epoch"]]
         if epochs:
             prefix = f"{mode}: " if len(cell.modes) > 1 else ""
             parts.append(f"{prefix}{statistics.median(epochs):g} ({min(epochs)}–{max(epochs)})")
@@ -255,8 +254,8 @@ def cell_summary_valid(cell: Cell) -> str:
     """The median best valid value, per mode where the runs split (a median across modes
     can fall between them, on no run's value)."""
     parts = []
-    for mode in cell.modes:
-        values = [json_float(r.record["valid_best"]) for r in cell.runs if r.outcome.mode == mode and r.test is not None]
+    for mode, runs in cell.by_mode.items():
+        values = [json_float(r.record["valid_best"]) for r in runs if r.test is not None]
         if values:
             median = fmt(statistics.median(values), cell.metric)
             parts.append(f"{median} (median)" if len(cell.modes) == 1 else f"{mode}: {median}")
@@ -470,7 +469,7 @@ def diagnostics_sections(cells: dict[str, Cell], results: dict, label_summary: d
         for section in diagnostics.sections_for(mode, title):
             regression = section.keys == diagnostics.REGRESSION_KEYS
             affected = [c for c in cells.values() if (c.task == "regression") == regression
-                        and any(r.outcome.mode == mode for r in c.runs)]
+                        and mode in c.modes]
             if not affected:
                 continue
             number += 1
@@ -480,7 +479,7 @@ def diagnostics_sections(cells: dict[str, Cell], results: dict, label_summary: d
                 if ref is not None:
                     groups[f"`{ref.cell_id}` (recommended, learned)"] = [r.record["history"] for r in ref.runs]
             for cell in affected:
-                runs = [r for r in cell.runs if r.outcome.mode == mode]
+                runs = cell.by_mode[mode]
                 label = f"`{cell.cell_id}` ({len(runs)}/{len(cell.runs)} {mode})"
                 groups[label] = [r.record["history"] for r in runs]
                 snap = diagnostics.snapshot(groups[label], section.keys)
