@@ -1,17 +1,18 @@
 """The fixed cost of a cell: the README's smoke profile over all 42 cells, timed, with the
 train stage's own breakdown, side by side with another commit; and the study efficiency.
 
-    python bench/overhead.py [--baseline REV] [--mirror DIR]   # smoke profile, this commit vs REV
+    python bench/overhead.py [--baseline REV] [--cold] [--mirror DIR]   # smoke profile, this commit vs REV
     python bench/overhead.py --efficiency [--log LOG...]       # from records/ of a full study
 
-Smoke: for this commit (and REV, if given) it makes a clone under a temp dir, runs the data
-stages of the smoke profile there (not timed), then times `dvc repro` of every remaining
-stage (42 train stages, the report, and for older commits their evaluate stages). The two
-commits run in the same process one after the other, so the ratio is measured on the same
-machine in the same state. The breakdown per part of the train stage comes from each
-record's `phases` (this commit's records have them); interpreter start and imports are
-timed as separate processes, and DVC's own share is what the stages' processes leave of
-the wall time.
+Smoke: for this commit (and REV, if given; and with --cold this commit again with
+MISFIT_WARM=0, each stage in its own process) it makes a clone under a temp dir, runs the
+data stages of the smoke profile there (not timed), then times `dvc repro` of every
+remaining stage (42 train stages, the report, and for older commits their evaluate
+stages). All run in the same process one after the other, so the ratios are measured on
+the same machine in the same state. The breakdown per part of the train stage comes from
+each record's `phases`; the stage process, the warm worker's start (or, without one,
+each stage's interpreter start and imports) are timed as separate processes, and DVC's
+own share is what all these leave of the wall time.
 
 Efficiency: Σ seconds spent in epochs / wall seconds of the study. The epochs' seconds
 come from the records (each epoch's wall, counted once per cell); the wall from the
@@ -65,10 +66,10 @@ def run(command: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess
     return done
 
 
-def prepared_clone(rev: str, where: Path, env: dict, keep_cells: int | None) -> Path:
+def prepared_clone(rev: str, clone: Path, env: dict, keep_cells: int | None) -> Path:
     """A clone at rev with its own venv-free setup: the smoke params and the data stages done."""
-    clone = where / rev.replace("/", "_")
-    run(["git", "clone", "-q", str(ROOT), str(clone)], where, env)
+    clone.parent.mkdir(parents=True, exist_ok=True)
+    run(["git", "clone", "-q", str(ROOT), str(clone)], clone.parent, env)
     run(["git", "checkout", "-q", rev], clone, env)
     params = yaml.safe_load((clone / "params.yaml").read_text())
     overrides = [o for o in smoke_overrides(ROOT / "README.md")
@@ -104,38 +105,52 @@ def phase_totals(clone: Path) -> dict[str, float]:
     return totals
 
 
+def stage_parts(clone: Path, env: dict, cells: int, wall: float) -> dict[str, float]:
+    """Where the smoke profile's wall time went, summed over its stages."""
+    python = process_seconds([sys.executable, "-c", "pass"], clone, env)
+    stage_process = process_seconds([sys.executable, "-c", "import misfit.warm"], clone, env)
+    imports = process_seconds([sys.executable, "-c", IMPORTS], clone, env)
+    warm = env.get("MISFIT_WARM", "1") != "0" and (clone / "src" / "misfit" / "warm.py").exists()
+    if warm:  # one worker start; each stage a small process that hands its cell to the worker
+        parts = {"stage processes: interpreter, misfit.warm, hand-over (x stages)": stage_process * cells,
+                 "warm worker: interpreter and imports (once)": imports}
+    else:
+        parts = {"interpreter start (x stages)": python * cells,
+                 "imports: torch, mlflow, torchinfo, misfit (x stages)": (imports - python) * cells}
+    parts.update({f"train stage: {name}": seconds for name, seconds in phase_totals(clone).items()})
+    parts["DVC and the report (the rest)"] = wall - sum(parts.values())
+    return parts
+
+
 def smoke(args) -> None:
     env = {**os.environ, "MNIST_MIRROR": str(Path(args.mirror).resolve()), "PYTHONPATH": "src",
            "MLFLOW_DISABLE_TELEMETRY": "true"}
-    revs = ["HEAD"] + ([args.baseline] if args.baseline else [])
+    # (label, revision, environment): all in this one process, one after the other
+    variants = [("HEAD", "HEAD", {})]
+    if args.cold:
+        variants.append(("HEAD, MISFIT_WARM=0", "HEAD", {"MISFIT_WARM": "0"}))
+    if args.baseline:
+        variants.append((args.baseline, args.baseline, {}))
     figures = {}
     with tempfile.TemporaryDirectory(prefix="misfit-overhead-") as tmp:
-        for rev in revs:
-            clone = prepared_clone(rev, Path(tmp), env, args.cells)
-            wall, stages = timed_repro(clone, env)
+        for index, (label, rev, extra) in enumerate(variants):
+            clone = prepared_clone(rev, Path(tmp) / str(index), env, args.cells)
+            variant_env = {**env, **extra}
+            wall, stages = timed_repro(clone, variant_env)
             cells = len(yaml.safe_load((clone / "params.yaml").read_text())["cells"])
             figure = {"rev": run(["git", "rev-parse", "--short", "HEAD"], clone, env).stdout.strip(),
                       "wall_s": wall, "stages": stages, "cells": cells, "per_cell_s": wall / cells}
             if rev == "HEAD":
-                python = process_seconds([sys.executable, "-c", "pass"], clone, env)
-                imports = process_seconds([sys.executable, "-c", IMPORTS], clone, env)
-                phases = phase_totals(clone)
-                inside = python + imports
-                figure["parts_s"] = {
-                    "interpreter start (x stages)": python * cells,
-                    "imports: torch, mlflow, torchinfo, misfit (x stages)": (imports - python) * cells,
-                    **{f"train stage: {name}": seconds for name, seconds in phases.items()},
-                }
-                figure["parts_s"]["DVC and the report (the rest)"] = wall - sum(figure["parts_s"].values())
-                figure["import_s"] = inside
-            figures[rev] = figure
-    for rev, figure in figures.items():
-        print(f"{rev} ({figure['rev']}): smoke profile, {figure['cells']} cells, {figure['stages']} stages: "
+                figure["parts_s"] = stage_parts(clone, variant_env, cells, wall)
+            figures[label] = figure
+    for label, figure in figures.items():
+        print(f"{label} ({figure['rev']}): smoke profile, {figure['cells']} cells, {figure['stages']} stages: "
               f"{figure['wall_s']:.1f} s wall, {figure['per_cell_s']:.2f} s per cell")
         for name, seconds in figure.get("parts_s", {}).items():
-            print(f"  {name:<60} {seconds:7.1f} s  {seconds / figure['cells']:5.2f} s/cell")
-    if args.baseline:
-        print(f"ratio {args.baseline} / HEAD: {figures[args.baseline]['wall_s'] / figures['HEAD']['wall_s']:.2f}")
+            print(f"  {name:<66} {seconds:7.1f} s  {seconds / figure['cells']:5.2f} s/cell")
+    for label in figures:
+        if label != "HEAD":
+            print(f"ratio {label} / HEAD: {figures[label]['wall_s'] / figures['HEAD']['wall_s']:.2f}")
     print(json.dumps(figures))
 
 
@@ -185,6 +200,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", help="a git revision to time side by side (e.g. e19841e)")
     parser.add_argument("--mirror", default=str(SHARED_MNIST), help="directory with the MNIST IDX files")
+    parser.add_argument("--cold", action="store_true", help="also this commit with MISFIT_WARM=0 (no warm worker)")
     parser.add_argument("--cells", type=int, help="only the first N cells (a quick check of the bench itself)")
     parser.add_argument("--efficiency", action="store_true", help="study efficiency from records/")
     parser.add_argument("--records", default=str(ROOT / "records"), help="the study's records/ (default: this checkout's)")

@@ -129,7 +129,8 @@ def gone(process: psutil.Process, timeout: float = 30) -> bool:
 def story(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("killed")
     manifest = synthetic_mnist(tmp / "mirror")
-    env = base_env(MNIST_MIRROR=str(tmp / "mirror"), MNIST_MANIFEST=str(manifest))
+    # the stage in its own process (tests/test_warm.py: the same signals with a warm worker)
+    env = base_env(MNIST_MIRROR=str(tmp / "mirror"), MNIST_MANIFEST=str(manifest), MISFIT_WARM="0")
     # long enough that a kill lands mid-training, short enough for the rerun
     project = make_project(tmp / "project", small_params(CELLS, protocol__max_epochs=10, protocol__patience=10,
                                                           draws__subset_seeds=[]))

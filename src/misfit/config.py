@@ -187,7 +187,12 @@ class Params(_Strict):
         return self.cells[cell_id]
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+# libyaml's parser where PyYAML was built with it: 10x faster than the pure-Python one,
+# and each train stage parses params.yaml and dvc.yaml
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(SAFE_LOADER):
     """YAML that refuses a key given twice (PyYAML silently keeps the last one)."""
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from misfit.config import SAFE_LOADER
 from misfit.files import sha256_json
 
 VERSIONED = ("torch", "torchvision", "mlflow", "dvc", "numpy", "pydantic")
@@ -66,7 +67,7 @@ def config_digest(cell: dict, protocol: dict, data: dict, seed: int) -> str:
 
 def stage_file_deps(root: Path, stage: str) -> list[str]:
     """The file (not directory) dependencies dvc.yaml declares for a stage or foreach group."""
-    spec = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]
+    spec = yaml.load((root / "dvc.yaml").read_text(), Loader=SAFE_LOADER)["stages"][stage]  # noqa: S506
     deps = spec.get("do", spec).get("deps", [])
     return [dep for dep in deps if "${" not in dep and (root / dep).is_file()]
 

@@ -17,18 +17,30 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # these machines have no internet
-# MLflow's defaults retry an unanswered request 7 times with backoff (minutes of silence);
-# a server that goes away mid-run should end the stage within seconds, not minutes
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def set_env_defaults() -> None:
+    """MLflow settings of ours, unless the environment gives its own."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # these machines have no internet
+    # MLflow's defaults retry an unanswered request 7 times with backoff (minutes of silence);
+    # a server that goes away mid-run should end the stage within seconds, not minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # Without buffering, MLflow's async logging thread waits on its queue in 1 s polls, and
+    # closing a run (which stops that thread) waited out the poll: ~1 s per stage. With it
+    # the thread sleeps on an event that closing sets.
+    os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
+
+
+set_env_defaults()
 
 STORE_DIR = "mlruns"
 TIMEOUT_ENV = "MISFIT_TRACKING_TIMEOUT"  # seconds the pre-flight check waits for a server
 DEFAULT_TIMEOUT = 5.0
 SQLITE_HEADER = b"SQLite format 3\x00"
 MLFLOW_TABLES = {"experiments", "runs", "alembic_version"}
-HOST_TAG, PID_TAG = "misfit.host", "misfit.pid"
+HOST_TAG, PID_TAG, WORKER_PID_TAG = "misfit.host", "misfit.pid", "misfit.worker_pid"
+STAGE_PID_ENV = "MISFIT_STAGE_PID"  # set by misfit.warm in a child forked for a stage
 
 
 def tracking_uri(root: Path) -> str:
@@ -138,6 +150,11 @@ def open_experiment(root: Path, experiment: str):
             return client, found.experiment_id
 
 
+def stage_pid() -> int:
+    """The pid of the stage's process: DVC's child, which a warm worker's child works for."""
+    return int(os.environ.get(STAGE_PID_ENV) or os.getpid())
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -184,7 +201,9 @@ class CellRuns:
                  tags: dict[str, str], params: dict):
         """children: {key: (run name, its own tags, its own params)}."""
         self.client = client
-        process = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+        process = {HOST_TAG: socket.gethostname(), PID_TAG: str(stage_pid())}
+        if stage_pid() != os.getpid():
+            process[WORKER_PID_TAG] = str(os.getpid())
         parent = client.create_run(experiment_id, run_name=cell_id,
                                    tags={**tags, **process, "misfit.level": "cell"})
         self.parent_id = parent.info.run_id
@@ -242,8 +261,10 @@ class CellRuns:
     def close(self, key, status: str) -> None:
         run_id = self.run_id(key)
         if run_id in self.open:
-            self.wait_for_metrics()
+            # set_terminated first: it stops MLflow's logging thread, which then writes what
+            # is queued at once; waiting on the queued writes first waited out its buffering
             self.client.set_terminated(run_id, status=status)
+            self.wait_for_metrics()  # done by now; raises a write's error
             self.open.discard(run_id)
 
     def close_all(self, status: str) -> None:
