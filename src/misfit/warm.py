@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import gc
 import hashlib
 import json
 import os
@@ -227,6 +228,10 @@ def serve(root: Path, key: str, path: Path, idle: float, env: dict[str, str]) ->
     from misfit.train_stage import train_cell
 
     _import_what_stages_use()
+    # a child's garbage collections would walk (and so copy, page by page) every object
+    # the worker imported; frozen, they are left alone
+    gc.collect()
+    gc.freeze()
 
     if worker_key(root, env) != key:
         print(f"the code under {PACKAGE_DIR} changed while the worker started", file=sys.stderr)
@@ -275,10 +280,20 @@ def _import_what_stages_use() -> None:
     Nothing here computes or opens a store: a child must not inherit a thread pool, an RNG
     state or a database connection.
     """
-    import mlflow.store.artifact.local_artifact_repo  # noqa: F401  imported by the first store use
-    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    import importlib
+
     import torch
-    import torchinfo  # noqa: F401
+
+    # what a stage imported lazily, found by comparing sys.modules before and after one:
+    # the store's modules, SQLite's dialect, torch.save's, and at exit torch._dynamo's
+    # compile-time table (0.37 s of tabulate + wcwidth, paid by every process that
+    # imported torch._dynamo, which the fused AdamW does)
+    for name in ("torchinfo", "mlflow.store.artifact.local_artifact_repo",
+                 "mlflow.store.tracking.sqlalchemy_store", "mlflow.store.tracking.sqlalchemy_workspace_store",
+                 "sqlalchemy.dialects.sqlite", "alembic.command", "alembic.config", "email.policy",
+                 "torch.utils.serialization", "tabulate"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
 
     # the first fused AdamW imports ~1 s of torch internals; a zero-size one computes nothing
     torch.optim.AdamW([torch.zeros(0, requires_grad=True)], fused=True)
