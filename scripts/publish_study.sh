@@ -11,10 +11,10 @@ cd "$(dirname "$0")/.."
 remote=${1:-}
 push() { dvc push ${remote:+-r "$remote"} "$@"; }
 
-dvc repro --pull label-derive
+dvc repro --pull label-derive train-code
 push download split label-derive
-git add dvc.lock data/label_summary.json
-git diff --cached --quiet || git commit -q -m "Study: the data stages"
+git add dvc.lock data/label_summary.json data/train_code.json
+git diff --cached --quiet || git commit -q -m "Study: the data stages and the train code's md5s"
 cells=$(python -c 'import yaml; print("\n".join(yaml.safe_load(open("params.yaml"))["cells"]))')
 for cell in $cells; do
   echo "== $(date -u +%FT%TZ) $cell"

@@ -68,7 +68,7 @@ def wait_until(condition, timeout: float = 30) -> bool:
 def small(tmp_path_factory, sockets):
     root, env, _ = synthetic_project(tmp_path_factory.mktemp("warm-small"), [CELL], repro=False,
                                      draws__subset_seeds=[])
-    run(["dvc", "repro", "label-derive"], root, env)
+    run(["dvc", "repro", "label-derive", "train-code"], root, env)
     return root, {**env, "XDG_RUNTIME_DIR": sockets, "MISFIT_WARM_IDLE": "3"}
 
 
@@ -165,7 +165,7 @@ class LongStage:
 def long(tmp_path_factory, sockets):
     root, env, _ = synthetic_project(tmp_path_factory.mktemp("warm-long"), [CELL], repro=False,
                                      draws__subset_seeds=[], protocol__max_epochs=500, protocol__patience=500)
-    run(["dvc", "repro", "label-derive"], root, env)
+    run(["dvc", "repro", "label-derive", "train-code"], root, env)
     return root, {**env, "XDG_RUNTIME_DIR": sockets, "MISFIT_WARM_IDLE": "30"}
 
 
@@ -198,3 +198,19 @@ def test_a_child_killed_outright_fails_the_stage(long):
     assert running.finish() == 128 + signal.SIGKILL, running.output
     # no handler ran: the runs stay RUNNING until a later start sees that the stage is gone
     assert {s for s, _ in running.runs().values()} == {"RUNNING"}
+
+
+def test_a_stage_refuses_to_run_code_that_train_code_does_not_list(small):
+    # dvc.lock pins a train stage's code through data/train_code.json: after `dvc repro
+    # --single-item train@...` past a code change, the pin would name other code than ran
+    root, env = small
+    model = root / "src" / "misfit" / "model.py"
+    text = model.read_text()
+    model.write_text(text + "\n# a later edit\n")
+    try:
+        done = stage(root, env)
+    finally:
+        model.write_text(text)
+    assert done.returncode == 1
+    assert "data/train_code.json does not list the code that would run (src/misfit/model.py changed" in done.stderr
+    assert "dvc repro train-code" in done.stderr

@@ -5,6 +5,7 @@ RAW_DIR = Path("data/raw")
 SPLIT_DIR = Path("data/split")
 LABELS_DIR = Path("data/labels")
 LABEL_SUMMARY = Path("data/label_summary.json")  # the main draw's: small, in git, read by the report
+TRAIN_CODE = Path("data/train_code.json")  # the md5 of each file the train stage runs (train-code stage)
 MODELS_DIR = Path("models")
 METRICS_DIR = Path("metrics")
 REPORTS_DIR = Path("reports")

@@ -65,6 +65,16 @@ def config_digest(cell: dict, protocol: dict, data: dict, seed: int) -> str:
     return sha256_json({"cell": cell, "protocol": protocol, "data": data, "seed": seed})
 
 
+# the stage whose deps are the train stage's code files; each train@<cell> depends on its
+# one output (layout.TRAIN_CODE) instead of the ~20 files
+TRAIN_CODE_STAGE = "train-code"
+
+
+def train_code_files(root: Path) -> list[str]:
+    """The files of the train stage's code, as dvc.yaml lists them."""
+    return stage_file_deps(root, TRAIN_CODE_STAGE)
+
+
 def stage_file_deps(root: Path, stage: str) -> list[str]:
     """The file (not directory) dependencies dvc.yaml declares for a stage or foreach group."""
     spec = yaml.load((root / "dvc.yaml").read_text(), Loader=SAFE_LOADER)["stages"][stage]  # noqa: S506

@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 
 from misfit.config import CellConfig, Params, load_params
-from misfit.data import CellData, draw_dir, load_cell_data, read_split_manifest
+from misfit.data import CellData, DataError, draw_dir, load_cell_data, read_split_manifest
 from misfit.evaluate import agrees, cell_metrics, load_reference, score_checkpoint
 from misfit.files import atomic_dir, write_json_atomic
-from misfit.layout import METRICS_DIR, MODELS_DIR, PARAMS_FILE, RECORDS_DIR, SPLIT_DIR
+from misfit.layout import METRICS_DIR, MODELS_DIR, PARAMS_FILE, RECORDS_DIR, SPLIT_DIR, TRAIN_CODE
 from misfit.model import model_summary
 from misfit.provenance import (
-    cell_digest, config_digest, data_identity, git_state, md5_of_files, stage_file_deps, versions,
+    cell_digest, config_digest, data_identity, git_state, md5_of_files, train_code_files, versions,
 )
 from misfit.runtime import configure
 from misfit.study import recommended_in, studies_of
@@ -32,6 +32,25 @@ from misfit.task_specs import TASKS
 from misfit.tasks import CellTargets
 from misfit.tracking import check_store, check_timeout, tracking_uri
 from misfit.training import CellTrainer, Member, SeedOutcome
+
+
+def check_train_code(root: Path) -> None:
+    """data/train_code.json (what dvc.lock pins for this stage's code) lists the code that runs.
+
+    It can lag only if the train-code stage was skipped (`dvc repro --single-item`); the
+    stage would then be pinned to code other than its own.
+    """
+    import json
+
+    try:
+        listed = json.loads((root / TRAIN_CODE).read_text())["md5"]
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(f"{TRAIN_CODE}: cannot read the train code's md5s ({error}); "
+                        "run `dvc repro train-code`") from None
+    changed = sorted(path for path, md5 in md5_of_files(root, train_code_files(root)).items() if listed.get(path) != md5)
+    if changed:
+        raise DataError(f"{TRAIN_CODE} does not list the code that would run ({', '.join(changed)} changed "
+                        "since it was written); run `dvc repro train-code` (or `dvc repro` without --single-item)")
 
 
 def run_tags(cell_id: str, cell: CellConfig, root: Path, device: torch.device, digest: str) -> dict[str, str]:
@@ -45,8 +64,8 @@ def run_tags(cell_id: str, cell: CellConfig, root: Path, device: torch.device, d
         "cell_digest": digest, **git_state(root),
     }
     tags.update({f"version.{name}": value for name, value in versions().items()})
-    # what dvc.lock will pin for this stage's code: the md5 of each file dependency
-    tags.update({f"dep.md5.{path}": md5 for path, md5 in md5_of_files(root, stage_file_deps(root, "train")).items()})
+    # what dvc.lock pins for this stage's code (in the train-code stage): the md5 of each file
+    tags.update({f"dep.md5.{path}": md5 for path, md5 in md5_of_files(root, train_code_files(root)).items()})
     return tags
 
 
@@ -119,6 +138,7 @@ class CellStage:
         self.cell_id, self.root = cell_id, root
         self.params = load_params(root / PARAMS_FILE)
         self.cell = self.params.cell(cell_id)
+        check_train_code(root)
         check_store(tracking_uri(root), check_timeout())  # before anything is trained or written
         self.device = configure(self.params.protocol)
         self.main = self.params.data.subset_seed

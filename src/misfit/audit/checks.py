@@ -98,11 +98,11 @@ def check_commit(audit: Audit) -> None:
 
 def train_files_changed_since(project: Project, commit: str) -> list[str] | None:
     """The train stage's file deps that differ between `commit` and HEAD (None: unknown)."""
-    from misfit.provenance import stage_file_deps
+    from misfit.provenance import train_code_files
     from misfit.audit.sources import git
 
     try:
-        paths = stage_file_deps(project.root, "train")
+        paths = train_code_files(project.root)
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return None
     diff = git(project.root, "diff", "--name-only", commit, "HEAD", "--", *paths)
@@ -287,16 +287,29 @@ def check_report(audit: Audit) -> dict | None:
 # -- dvc.lock and the code ----------------------------------------------------------------
 
 def pinned_code(audit: Audit) -> dict[str, str] | None:
-    """The md5 of each train-stage file that dvc.lock pins (None: dvc.lock has no such stage)."""
-    entry = audit.project.lock_stage(f"train@{audit.cell}")
-    if entry is None:
+    """The md5 of each train-code file that dvc.lock pins (None: dvc.lock has no such stages)."""
+    from misfit.provenance import TRAIN_CODE_STAGE
+
+    if audit.project.lock_stage(f"train@{audit.cell}") is None:
         return None
+    entry = audit.project.lock_stage(TRAIN_CODE_STAGE) or {}
     return {dep["path"]: dep.get("md5") for dep in entry.get("deps", [])
             if not str(dep.get("md5", "")).endswith(".dir")}
 
 
+def _code_manifest_md5s(audit: Audit) -> tuple[str | None, str | None]:
+    """(md5 of data/train_code.json that train@<cell> ran against, md5 train-code wrote last)."""
+    from misfit.layout import TRAIN_CODE
+    from misfit.provenance import TRAIN_CODE_STAGE
+
+    def md5_of(entry: dict | None, key: str) -> str | None:
+        return next((d.get("md5") for d in (entry or {}).get(key, []) if d["path"] == str(TRAIN_CODE)), None)
+    return (md5_of(audit.project.lock_stage(f"train@{audit.cell}"), "deps"),
+            md5_of(audit.project.lock_stage(TRAIN_CODE_STAGE), "outs"))
+
+
 def check_lock_and_code(audit: Audit) -> None:
-    from misfit.provenance import md5_of_files, stage_file_deps
+    from misfit.provenance import md5_of_files, train_code_files
 
     recorded = prefixed(audit.tags, "dep.md5.")
     stage = f"train@{audit.cell}"
@@ -308,10 +321,15 @@ def check_lock_and_code(audit: Audit) -> None:
                      for path in sorted(set(pinned) | set(recorded)) if pinned.get(path) != recorded.get(path)]
         if differing:
             text = "; ".join(f"{d['path']} (dvc.lock {d['dvc_lock']}, run {d['run']})" for d in differing)
-            audit.disagree("dvc_lock", f"dvc.lock's {stage} pins other code than the run recorded: {text}",
+            audit.disagree("dvc_lock", f"dvc.lock's train-code pins other code than the run recorded: {text}",
                            files=differing)
+        ran_against, written = _code_manifest_md5s(audit)
+        if ran_against != written:
+            audit.disagree("dvc_lock", f"dvc.lock's {stage} ran against data/train_code.json md5 {ran_against}, "
+                           f"train-code pins {written}: the cell was trained with other code than "
+                           "train-code lists (dvc repro would retrain it)", files=[])
     try:
-        current = md5_of_files(audit.root, stage_file_deps(audit.root, "train"))
+        current = md5_of_files(audit.root, train_code_files(audit.root))
     except (OSError, KeyError, TypeError, yaml.YAMLError) as error:
         audit.notes.append(f"cannot hash the train stage's code in the working tree: {error}")
         return
