@@ -103,6 +103,17 @@ def test_a_stage_forked_from_a_warm_worker_trains_what_its_own_process_trains(sm
     assert not list(Path(env["XDG_RUNTIME_DIR"]).glob("misfit-warm-*/*.sock"))
 
 
+def test_a_worker_stopped_by_sigterm_takes_its_socket_along(small):
+    root, env = small
+    done = stage(root, env, MISFIT_WARM_IDLE="60")
+    assert done.returncode == 0, done.stderr
+    worker = int(STARTED.search(done.stderr).group(1))
+    assert list(Path(env["XDG_RUNTIME_DIR"]).glob("misfit-warm-*/*.sock"))
+    os.kill(worker, signal.SIGTERM)
+    assert wait_until(lambda: not alive(worker))
+    assert not list(Path(env["XDG_RUNTIME_DIR"]).glob("misfit-warm-*/*.sock"))
+
+
 def test_without_a_worker_the_stage_runs_in_its_own_process(small):
     root, env = small
     done = stage(root, env, MISFIT_WARM_IDLE="soon")  # the worker refuses to start

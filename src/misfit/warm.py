@@ -245,6 +245,8 @@ def serve(root: Path, key: str, path: Path, idle: float, env: dict[str, str]) ->
     children: dict[int, socket.socket] = {}
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
+    signal.signal(signal.SIGTERM, _exit_on_signal)  # through `finally`: the socket goes too
+    signal.signal(signal.SIGHUP, _exit_on_signal)
     ended, wake = os.pipe()  # SIGCHLD writes here: a child's end wakes the loop at once
     os.set_blocking(wake, False)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
@@ -297,6 +299,10 @@ def _import_what_stages_use() -> None:
 
     # the first fused AdamW imports ~1 s of torch internals; a zero-size one computes nothing
     torch.optim.AdamW([torch.zeros(0, requires_grad=True)], fused=True)
+
+
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _still_ours(path: Path, identity: int) -> bool:
