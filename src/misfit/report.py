@@ -499,7 +499,7 @@ def diagnostics_sections(cells: dict[str, Cell], results: dict, label_summary: d
 
 def _references(affected: list[Cell], cells: dict[str, Cell]) -> dict[str, Cell | None]:
     return {task: reference_of(S0, task, cells) or reference_of(S1, task, cells)
-            for task in {c.task for c in affected}}
+            for task in dict.fromkeys(c.task for c in affected)}  # in the cells' order: a set's varies by process
 
 
 def per_run_section(cells: dict[str, Cell]) -> list[str]:
