@@ -15,7 +15,8 @@ CELLS = ["regression-none-mse-zscore", "binary-softmax-ce"]
 CACHED = ("data", "models")
 
 
-IN_GIT = (".gitignore", "label_summary.json")  # the main draw's label summary is an output kept in git
+# outputs kept in git: the main draw's label summary, the train code's md5s (train-code stage)
+IN_GIT = (".gitignore", "label_summary.json", "train_code.json")
 
 
 def digests(root, top: str) -> dict[str, str]:
