@@ -2,7 +2,8 @@
 
     python scripts/compare_records.py REV [CELL...]
 
-For every cell present in both, every run's computed values are compared exactly: status,
+For every cell present in both and trained anew (another MLflow parent run), every run's
+computed values are compared exactly: status,
 error, best epoch, valid best, test, the re-scoring, the valid pass before the first update
 and every epoch of the history. Left out: wall seconds, MLflow run ids, timestamps and tags
 (the code's md5s and the commit differ by design). Exit status 1 if any cell differs.
@@ -55,7 +56,11 @@ def main(argv: list[str]) -> int:
         if old is None or not path.exists():
             print(f"{cell}: not in both (skipped)")
             continue
-        old_runs, new_runs = computed(old), computed(json.loads(path.read_text()))
+        new = json.loads(path.read_text())
+        if new.get("parent_run_id") == old.get("parent_run_id"):
+            print(f"{cell}: the same training in both (parent run {old.get('parent_run_id')}): skipped")
+            continue
+        old_runs, new_runs = computed(old), computed(new)
         found = differences(old_runs, new_runs)
         compared += 1
         runs += len(new_runs)
