@@ -107,14 +107,14 @@ def phase_totals(clone: Path) -> dict[str, float]:
 
 def stage_parts(clone: Path, env: dict, cells: int, wall: float) -> dict[str, float]:
     """Where the smoke profile's wall time went, summed over its stages."""
-    python = process_seconds([sys.executable, "-c", "pass"], clone, env)
-    stage_process = process_seconds([sys.executable, "-c", "import misfit.warm"], clone, env)
     imports = process_seconds([sys.executable, "-c", IMPORTS], clone, env)
     warm = env.get("MISFIT_WARM", "1") != "0" and (clone / "src" / "misfit" / "warm.py").exists()
     if warm:  # one worker start; each stage a small process that hands its cell to the worker
+        stage_process = process_seconds([sys.executable, "-c", "import misfit.warm"], clone, env)
         parts = {"stage processes: interpreter, misfit.warm, hand-over (x stages)": stage_process * cells,
                  "warm worker: interpreter and imports (once)": imports}
     else:
+        python = process_seconds([sys.executable, "-c", "pass"], clone, env)
         parts = {"interpreter start (x stages)": python * cells,
                  "imports: torch, mlflow, torchinfo, misfit (x stages)": (imports - python) * cells}
     parts.update({f"train stage: {name}": seconds for name, seconds in phase_totals(clone).items()})
