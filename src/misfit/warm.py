@@ -143,7 +143,7 @@ def _wait_for_child(sock: socket.socket) -> int:
 
     def forward(signum, frame):
         if child:
-            os.kill(child[0], signum)
+            _signal_child(child[0], signum)
         else:
             pending.append(signum)
 
@@ -159,9 +159,16 @@ def _wait_for_child(sock: socket.socket) -> int:
         if word == "pid":
             child.append(value)
             for signum in pending:
-                os.kill(value, signum)
+                _signal_child(value, signum)
         elif word == "exit":
             return value if value >= 0 else 128 - value  # killed by a signal: as a shell reports it
+
+
+def _signal_child(pid: int, signum: int) -> None:
+    # the child may have ended between its last message and this signal: its exit status
+    # is on the way, and the stage reports that
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)
 
 
 def _connect(path: Path) -> socket.socket | None:
