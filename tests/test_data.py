@@ -16,7 +16,8 @@ import yaml
 
 from conftest import MNIST_NAMES, REPO, SHARED_MNIST, synthetic_mnist
 from misfit.config import DataConfig, ProtocolConfig
-from misfit.data import DataError, derive_targets, fetch_raw, load_images, write_labels, write_split
+from misfit.data import derive_targets, fetch_raw, load_images, write_labels, write_split
+from misfit.errors import DataError
 
 # STUDY.md "Tasks", written out digit by digit (index = digit)
 STROKES = [2, 1, 2, 2, 6, 3, 3, 2, 4, 3]  # 1->1; 0,2,3,7->2; 5,6,9->3; 8->4; 4->6

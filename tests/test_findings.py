@@ -8,7 +8,7 @@ from misfit.findings import (
     Cell, Published, Run, baselines, compare_family, judge_published, relu_clip_bound, relu_lottery, zero_mse,
 )
 from misfit.modes import CONSTANT, DEAD_RELU, LEARNED, Outcome
-from misfit.tasks import STROKES
+from misfit.task_specs import STROKES
 
 COUNTS = [98, 113, 103, 101, 98, 89, 96, 103, 97, 102]
 LABELS = {

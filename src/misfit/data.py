@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from misfit.config import MNIST_TRAIN_SIZE, CellConfig, DataConfig, Params, ProtocolConfig
+from misfit.errors import DataError
 from misfit.files import atomic_dir, read_json, sha256_file, write_json_atomic
 from misfit.layout import LABELS_DIR, SPLIT_DIR
 from misfit.tasks import derive_targets
@@ -40,10 +41,6 @@ MIRROR_ENV = "MNIST_MIRROR"
 # the data identity of every run then says so
 MANIFEST_ENV = "MNIST_MANIFEST"
 SPLITS = ("train", "valid", "test")
-
-
-class DataError(RuntimeError):
-    """The data is missing, damaged or not what the study expects; names the file."""
 
 
 @dataclass(frozen=True)

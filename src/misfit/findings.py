@@ -14,7 +14,7 @@ from misfit.files import json_float, read_json
 from misfit.intervals import Difference, PredictionInterval, holm, prediction_interval, welch_difference, wilson
 from misfit.layout import RECORDS_DIR
 from misfit.modes import CONSTANT, DEAD_RELU, LEARNED, Outcome, TaskContext, classify, mode_counts
-from misfit.tasks import STROKES
+from misfit.task_specs import STROKES
 
 ALPHA = 0.05
 

@@ -5,7 +5,7 @@ import sys
 from typing import Callable
 
 from misfit.config import ConfigError
-from misfit.data import DataError
+from misfit.errors import DataError
 from misfit.tracking import TrackingStoreError
 
 

@@ -1,5 +1,6 @@
-"""The five tasks by name: how many outputs, which metric. Imports nothing of ours, so
-both the configuration (config.py) and the targets (tasks.py) can depend on it."""
+"""The five tasks by name: how many outputs, which metric; and the regression target's
+stroke table. Imports nothing of ours (nor torch), so the configuration (config.py), the
+targets (tasks.py) and the report (findings.py) can all depend on it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,3 +28,7 @@ TASKS = {
     "multiclass": TaskSpec("multiclass", 10, "accuracy"),
     "multilabel": TaskSpec("multilabel", 4, "accuracy"),
 }
+
+# stroke count per digit (lines after cutting at bends and crossings, plus holes): the
+# regression target
+STROKES = {0: 2, 1: 1, 2: 2, 3: 2, 4: 6, 5: 3, 6: 3, 7: 2, 8: 4, 9: 3}

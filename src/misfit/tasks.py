@@ -11,10 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from misfit.config import CellConfig
-from misfit.task_specs import TASKS
+from misfit.task_specs import STROKES, TASKS
 
-# stroke count per digit (lines after cutting at bends and crossings, plus holes)
-STROKES = {0: 2, 1: 1, 2: 2, 3: 2, 4: 6, 5: 3, 6: 3, 7: 2, 8: 4, 9: 3}
 CURVED = frozenset({0, 3, 6, 8, 9})
 EVEN = frozenset({0, 2, 4, 6, 8})
 PRIME = frozenset({2, 3, 5, 7})

@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from misfit.config import CellConfig, Params, load_params
-from misfit.data import CellData, DataError, draw_dir, load_cell_data, read_split_manifest
+from misfit.data import CellData, draw_dir, load_cell_data, read_split_manifest
+from misfit.errors import DataError
 from misfit.evaluate import agrees, cell_metrics, load_reference, score_checkpoint
 from misfit.files import atomic_dir, write_json_atomic
 from misfit.layout import METRICS_DIR, MODELS_DIR, PARAMS_FILE, RECORDS_DIR, SPLIT_DIR, TRAIN_CODE
