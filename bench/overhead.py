@@ -78,7 +78,7 @@ def prepared_clone(rev: str, clone: Path, env: dict, keep_cells: int | None) -> 
     if keep_cells:
         params["cells"] = dict(list(params["cells"].items())[:keep_cells])
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["dvc", "repro", "label-derive"], clone, env)  # train-code (older commits: none) counts in the timing
+    run(["dvc", "repro", "label-derive"], clone, env)  # train-inputs (older commits: none) counts in the timing
     return clone
 
 

@@ -11,9 +11,9 @@ cd "$(dirname "$0")/.."
 remote=${1:-}
 push() { dvc push ${remote:+-r "$remote"} "$@"; }
 
-dvc repro --pull label-derive train-code
+dvc repro --pull label-derive train-inputs
 push download split label-derive
-git add dvc.lock data/label_summary.json data/train_code.json
+git add dvc.lock data/label_summary.json data/train_inputs.json
 git diff --cached --quiet || git commit -q -m "Study: the data stages and the train code's md5s"
 cells=$(python -c 'import yaml; print("\n".join(yaml.safe_load(open("params.yaml"))["cells"]))')
 for cell in $cells; do

@@ -80,7 +80,7 @@ def test_by_cell_id_prints_config_data_code_metrics_runs_and_commands(project):
         f"git commit {head} (dirty: false)", "md5 ", "src/misfit/training.py",
         f"parent run    {rec['parent_run_id']}",
         f"git checkout {head}", f"MNIST_MIRROR={env['MNIST_MIRROR']}", f"MNIST_MANIFEST={env['MNIST_MANIFEST']}",
-        "dvc repro label-derive train-code", f"dvc repro --force --single-item train@{CELL}",
+        "dvc repro label-derive train-inputs", f"dvc repro --force --single-item train@{CELL}",
     ):
         assert expected in text, expected
     for run_record in rec["runs"]:
@@ -353,14 +353,14 @@ def test_run_made_with_uncommitted_params_is_reproduced_with_its_own_values(in_p
     # Hydra's override grammar, as `dvc exp run -S` reads it; `+` adds a key the file lacks
     assert report["reproduce"]["commands"][-1] == (
         f"dvc exp run --force -S '+cells.{CELL}={cell}' -S protocol.max_epochs=3 train@{CELL}")
-    assert "dvc repro label-derive train-code" not in report["reproduce"]["commands"]
+    assert "dvc repro label-derive train-inputs" not in report["reproduce"]["commands"]
 
 
 def test_dvc_lock_and_working_tree_code_differ_from_the_run(in_project):
     lock_path, code_path = in_project / "dvc.lock", in_project / "src" / "misfit" / "losses.py"
     lock_text, code_text = lock_path.read_text(), code_path.read_text()
     lock = yaml.safe_load(lock_text)
-    (dep,) = [d for d in lock["stages"]["train-code"]["deps"] if d["path"] == "src/misfit/model.py"]
+    (dep,) = [d for d in lock["stages"]["train-inputs"]["deps"] if d["path"] == "src/misfit/model.py"]
     dep["md5"] = "0" * 32
     lock_path.write_text(yaml.safe_dump(lock, sort_keys=False))
     code_path.write_text(code_text + "\n# a later edit\n")

@@ -71,8 +71,8 @@ def test_audit_a_cell_from_git_alone(clone, env):
     assert config["seeds"] == params["seeds"]
     assert report["digests"]["cell"] == entry["cell_digest"]
     assert report["data_identity"]["dataset_sha256"] == rec["data"]["dataset_sha256"]
-    # the code md5s are the ones dvc.lock pins for the train code (the train-code stage)
-    lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]["train-code"]
+    # the code md5s are the ones dvc.lock pins for the train code (the train-inputs stage)
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]["train-inputs"]
     pinned = {d["path"]: d["md5"] for d in lock["deps"] if not d["md5"].endswith(".dir")}
     assert report["code"]["dvc_lock_md5"] == pinned and report["code"]["dep_md5"] == pinned
     # the numbers are the published ones: metrics/<cell>.json's summary, results.json's runs

@@ -113,7 +113,7 @@ def test_nonfinite_values_reach_records_results_report_and_mlflow(tmp_path, monk
     env = base_env(MNIST_MIRROR=str(tmp_path / "mirror"), MNIST_MANIFEST=str(manifest))
     project = make_project(tmp_path / "project", small_params(
         [zscore, sigmoid], protocol__max_epochs=4, protocol__patience=3, protocol__threads=1))
-    run(["dvc", "repro", "label-derive", "train-code"], project, env)
+    run(["dvc", "repro", "label-derive", "train-inputs"], project, env)
 
     original_states, original_run = training.initial_states, CellTrainer.run
 

@@ -30,7 +30,7 @@ def test_every_stage_runs_once_per_cell(repro):
     assert data == ["download", "split", "label-derive"]
     trains = [i for i, s in enumerate(ran) if s.startswith("train@")]
     assert sorted(ran[i] for i in trains) == sorted(f"train@{c}" for c in CELLS)
-    assert ran.count("train-code") == 1 and ran.index("train-code") < min(trains)
+    assert ran.count("train-inputs") == 1 and ran.index("train-inputs") < min(trains)
     assert ran[-1] == "report" and len(ran) == 4 + len(CELLS) + 1
 
 
@@ -69,6 +69,32 @@ def test_second_repro_runs_nothing(repro):
     project, env, _ = repro
     again = run(["dvc", "repro"], project, env)
     assert stages_run(again.stdout) == []
+
+
+def test_shared_params_are_pinned_once_and_reach_every_cell(repro):
+    """A train entry in dvc.lock pins its own cell's params; the params all cells share are
+    pinned once, through data/train_inputs.json, and a change to one of them still makes
+    every train stage stale (and the report, which lists them too)."""
+    project, env, _ = repro
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    for cell in CELLS:
+        assert list(lock[f"train@{cell}"]["params"]["params.yaml"]) == [f"cells.{cell}"]
+    text = (project / "params.yaml").read_text()
+    params = yaml.safe_load(text)
+    shared = {key: params[key] for key in ("seeds", "draws", "protocol", "data")}
+    assert json.loads((project / "data" / "train_inputs.json").read_text())["params"] == {
+        **shared, "tracking.experiment": params["tracking"]["experiment"]}
+
+    params["protocol"]["patience"] += 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        run(["dvc", "repro", "--single-item", "train-inputs"], project, env)
+        stale = json.loads(run(["dvc", "status", "--json"], project, env).stdout)
+    finally:
+        (project / "params.yaml").write_text(text)
+        run(["dvc", "repro", "--single-item", "train-inputs"], project, env)
+    assert sorted(stale) == sorted(["report", *(f"train@{cell}" for cell in CELLS)])  # report: its own params
+    assert json.loads(run(["dvc", "status", "--json"], project, env).stdout) == {}
 
 
 def test_changing_one_cell_reruns_only_that_cell_and_the_report(repro):

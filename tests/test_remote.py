@@ -15,8 +15,9 @@ CELLS = ["regression-none-mse-zscore", "binary-softmax-ce"]
 CACHED = ("data", "models")
 
 
-# outputs kept in git: the main draw's label summary, the train code's md5s (train-code stage)
-IN_GIT = (".gitignore", "label_summary.json", "train_code.json")
+# outputs kept in git: the main draw's label summary, the train code's md5s and shared params
+# (train-inputs stage)
+IN_GIT = (".gitignore", "label_summary.json", "train_inputs.json")
 
 
 def digests(root, top: str) -> dict[str, str]:

@@ -43,10 +43,10 @@ def code_of(entry: Path) -> set[str]:
 
 
 def declared_code(stage: dict) -> set[str]:
-    """A stage's deps, and through data/train_code.json those of the train-code stage."""
+    """A stage's deps, and through data/train_inputs.json those of the train-inputs stage."""
     deps = set(stage["deps"])
-    if "data/train_code.json" in deps:
-        deps |= set(STAGES["train-code"]["deps"])
+    if "data/train_inputs.json" in deps:
+        deps |= set(STAGES["train-inputs"]["deps"])
     return deps
 
 

@@ -21,7 +21,7 @@ def project(tmp_path_factory):
     manifest = synthetic_mnist(tmp / "mirror")
     env = base_env(MNIST_MIRROR=str(tmp / "mirror"), MNIST_MANIFEST=str(manifest))
     root = make_project(tmp / "project", small_params([CELL], protocol__max_epochs=2))
-    run(["dvc", "repro", "label-derive", "train-code"], root, env)
+    run(["dvc", "repro", "label-derive", "train-inputs"], root, env)
     return root, env
 
 

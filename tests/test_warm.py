@@ -68,7 +68,7 @@ def wait_until(condition, timeout: float = 30) -> bool:
 def small(tmp_path_factory, sockets):
     root, env, _ = synthetic_project(tmp_path_factory.mktemp("warm-small"), [CELL], repro=False,
                                      draws__subset_seeds=[])
-    run(["dvc", "repro", "label-derive", "train-code"], root, env)
+    run(["dvc", "repro", "label-derive", "train-inputs"], root, env)
     return root, {**env, "XDG_RUNTIME_DIR": sockets, "MISFIT_WARM_IDLE": "3"}
 
 
@@ -176,7 +176,7 @@ class LongStage:
 def long(tmp_path_factory, sockets):
     root, env, _ = synthetic_project(tmp_path_factory.mktemp("warm-long"), [CELL], repro=False,
                                      draws__subset_seeds=[], protocol__max_epochs=500, protocol__patience=500)
-    run(["dvc", "repro", "label-derive", "train-code"], root, env)
+    run(["dvc", "repro", "label-derive", "train-inputs"], root, env)
     return root, {**env, "XDG_RUNTIME_DIR": sockets, "MISFIT_WARM_IDLE": "30"}
 
 
@@ -211,17 +211,23 @@ def test_a_child_killed_outright_fails_the_stage(long):
     assert {s for s, _ in running.runs().values()} == {"RUNNING"}
 
 
-def test_a_stage_refuses_to_run_code_that_train_code_does_not_list(small):
-    # dvc.lock pins a train stage's code through data/train_code.json: after `dvc repro
-    # --single-item train@...` past a code change, the pin would name other code than ran
+@pytest.mark.parametrize("path, edit, named", [
+    ("src/misfit/model.py", lambda text: text + "\n# a later edit\n", "src/misfit/model.py"),
+    ("params.yaml", lambda text: text.replace("lr: 0.001", "lr: 0.002"), "params protocol"),
+])
+def test_a_stage_refuses_to_run_code_or_params_that_train_inputs_does_not_list(small, path, edit, named):
+    # dvc.lock pins a train stage's code and shared params through data/train_inputs.json:
+    # after `dvc repro --single-item train@...` past a change, the pin would name other
+    # code or params than ran
     root, env = small
-    model = root / "src" / "misfit" / "model.py"
-    text = model.read_text()
-    model.write_text(text + "\n# a later edit\n")
+    changed = root / path
+    text = changed.read_text()
+    assert edit(text) != text
+    changed.write_text(edit(text))
     try:
         done = stage(root, env)
     finally:
-        model.write_text(text)
+        changed.write_text(text)
     assert done.returncode == 1
-    assert "data/train_code.json does not list the code that would run (src/misfit/model.py changed" in done.stderr
-    assert "dvc repro train-code" in done.stderr
+    assert f"data/train_inputs.json does not list the code and params that would run ({named} changed" in done.stderr
+    assert "dvc repro train-inputs" in done.stderr

@@ -11,6 +11,7 @@ import yaml
 
 from misfit.config import SAFE_LOADER
 from misfit.files import sha256_json
+from misfit.layout import PARAMS_FILE
 
 VERSIONED = ("torch", "torchvision", "mlflow", "dvc", "numpy", "pydantic")
 
@@ -65,21 +66,47 @@ def config_digest(cell: dict, protocol: dict, data: dict, seed: int) -> str:
     return sha256_json({"cell": cell, "protocol": protocol, "data": data, "seed": seed})
 
 
-# the stage whose deps are the train stage's code files; each train@<cell> depends on its
-# one output (layout.TRAIN_CODE) instead of the ~20 files
-TRAIN_CODE_STAGE = "train-code"
+# the stage that lists what every train@<cell> shares: the train code (its deps) and the
+# params all cells use (its params). Each train@<cell> depends on its one output
+# (layout.TRAIN_INPUTS) instead of on ~20 files and ~40 lines of params: DVC rewrites the
+# whole dvc.lock after each stage, so every line a train entry repeats costs 42 times.
+TRAIN_INPUTS_STAGE = "train-inputs"
 
 
 def train_code_files(root: Path) -> list[str]:
     """The files of the train stage's code, as dvc.yaml lists them."""
-    return stage_file_deps(root, TRAIN_CODE_STAGE)
+    return stage_file_deps(root, TRAIN_INPUTS_STAGE)
+
+
+def train_inputs(root: Path) -> dict:
+    """What the train-inputs stage writes: {"md5": {file: md5}, "params": {key: value}}."""
+    spec = _stage_spec(root, TRAIN_INPUTS_STAGE)
+    params = yaml.load((root / PARAMS_FILE).read_text(), Loader=SAFE_LOADER)  # noqa: S506
+    return {"md5": md5_of_files(root, _file_deps(root, spec)),
+            "params": {key: _param_value(params, key) for key in spec.get("params", [])}}
+
+
+def _param_value(params: dict, dotted_key: str):
+    value = params
+    for part in dotted_key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(f"{PARAMS_FILE} has no {dotted_key!r} (dvc.yaml's {TRAIN_INPUTS_STAGE} stage lists it)")
+        value = value[part]
+    return value
+
+
+def _stage_spec(root: Path, stage: str) -> dict:
+    spec = yaml.load((root / "dvc.yaml").read_text(), Loader=SAFE_LOADER)["stages"][stage]  # noqa: S506
+    return spec.get("do", spec)
 
 
 def stage_file_deps(root: Path, stage: str) -> list[str]:
     """The file (not directory) dependencies dvc.yaml declares for a stage or foreach group."""
-    spec = yaml.load((root / "dvc.yaml").read_text(), Loader=SAFE_LOADER)["stages"][stage]  # noqa: S506
-    deps = spec.get("do", spec).get("deps", [])
-    return [dep for dep in deps if "${" not in dep and (root / dep).is_file()]
+    return _file_deps(root, _stage_spec(root, stage))
+
+
+def _file_deps(root: Path, spec: dict) -> list[str]:
+    return [dep for dep in spec.get("deps", []) if "${" not in dep and (root / dep).is_file()]
 
 
 def md5_of_files(root: Path, paths: list[str]) -> dict[str, str]:

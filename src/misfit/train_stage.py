@@ -22,10 +22,10 @@ from misfit.data import CellData, draw_dir, load_cell_data, read_split_manifest
 from misfit.errors import DataError
 from misfit.evaluate import agrees, cell_metrics, load_reference, score_checkpoint
 from misfit.files import atomic_dir, write_json_atomic
-from misfit.layout import METRICS_DIR, MODELS_DIR, PARAMS_FILE, RECORDS_DIR, SPLIT_DIR, TRAIN_CODE
+from misfit.layout import METRICS_DIR, MODELS_DIR, PARAMS_FILE, RECORDS_DIR, SPLIT_DIR, TRAIN_INPUTS
 from misfit.model import model_summary
 from misfit.provenance import (
-    cell_digest, config_digest, data_identity, git_state, md5_of_files, train_code_files, versions,
+    TRAIN_INPUTS_STAGE, cell_digest, config_digest, data_identity, git_state, train_inputs, versions,
 )
 from misfit.runtime import configure
 from misfit.study import recommended_in, studies_of
@@ -35,26 +35,34 @@ from misfit.tracking import check_store, check_timeout, tracking_uri
 from misfit.training import CellTrainer, Member, SeedOutcome
 
 
-def check_train_code(root: Path) -> None:
-    """data/train_code.json (what dvc.lock pins for this stage's code) lists the code that runs.
+def check_train_inputs(root: Path) -> dict:
+    """data/train_inputs.json (what dvc.lock pins for the code and the shared params of this
+    stage) lists the code and params that run; returns them.
 
-    It can lag only if the train-code stage was skipped (`dvc repro --single-item`); the
-    stage would then be pinned to code other than its own.
+    It can lag only if the train-inputs stage was skipped (`dvc repro --single-item`); the
+    stage would then be pinned to code or params other than its own.
     """
     import json
 
     try:
-        listed = json.loads((root / TRAIN_CODE).read_text())["md5"]
-    except (OSError, ValueError, KeyError) as error:
-        raise DataError(f"{TRAIN_CODE}: cannot read the train code's md5s ({error}); "
-                        "run `dvc repro train-code`") from None
-    changed = sorted(path for path, md5 in md5_of_files(root, train_code_files(root)).items() if listed.get(path) != md5)
+        listed = json.loads((root / TRAIN_INPUTS).read_text())
+        listed_md5, listed_params = listed["md5"], listed["params"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{TRAIN_INPUTS}: cannot read the train code's md5s and the shared params ({error}); "
+                        f"run `dvc repro {TRAIN_INPUTS_STAGE}`") from None
+    current = train_inputs(root)
+    changed = ([path for path, md5 in current["md5"].items() if listed_md5.get(path) != md5]
+               + [f"params {key}" for key, value in current["params"].items()
+                  if key not in listed_params or listed_params[key] != value])
     if changed:
-        raise DataError(f"{TRAIN_CODE} does not list the code that would run ({', '.join(changed)} changed "
-                        "since it was written); run `dvc repro train-code` (or `dvc repro` without --single-item)")
+        raise DataError(f"{TRAIN_INPUTS} does not list the code and params that would run ({', '.join(changed)} "
+                        f"changed since it was written); run `dvc repro {TRAIN_INPUTS_STAGE}` "
+                        "(or `dvc repro` without --single-item)")
+    return current
 
 
-def run_tags(cell_id: str, cell: CellConfig, root: Path, device: torch.device, digest: str) -> dict[str, str]:
+def run_tags(cell_id: str, cell: CellConfig, root: Path, device: torch.device, digest: str,
+             code_md5: dict[str, str]) -> dict[str, str]:
     studies = studies_of(cell_id)
     tags = {
         "cell": cell_id, "task": cell.task, "activation": cell.activation, "loss": cell.loss,
@@ -65,8 +73,8 @@ def run_tags(cell_id: str, cell: CellConfig, root: Path, device: torch.device, d
         "cell_digest": digest, **git_state(root),
     }
     tags.update({f"version.{name}": value for name, value in versions().items()})
-    # what dvc.lock pins for this stage's code (in the train-code stage): the md5 of each file
-    tags.update({f"dep.md5.{path}": md5 for path, md5 in md5_of_files(root, train_code_files(root)).items()})
+    # what dvc.lock pins for this stage's code (in the train-inputs stage): the md5 of each file
+    tags.update({f"dep.md5.{path}": md5 for path, md5 in code_md5.items()})
     return tags
 
 
@@ -139,7 +147,7 @@ class CellStage:
         self.cell_id, self.root = cell_id, root
         self.params = load_params(root / PARAMS_FILE)
         self.cell = self.params.cell(cell_id)
-        check_train_code(root)
+        self.code_md5 = check_train_inputs(root)["md5"]
         check_store(tracking_uri(root), check_timeout())  # before anything is trained or written
         self.device = configure(self.params.protocol)
         self.main = self.params.data.subset_seed
@@ -191,7 +199,7 @@ def train_cell(cell_id: str, root: Path = Path(".")) -> Path:
     phases = Phases(started)
     stage = CellStage(cell_id, root)
     phases.done("params_data_check")
-    tags = {**run_tags(cell_id, stage.cell, root, stage.device, stage.digest),
+    tags = {**run_tags(cell_id, stage.cell, root, stage.device, stage.digest, stage.code_md5),
             "data_sha256": stage.manifests[stage.main]["dataset_sha256"]}
     runs = stage.open_runs(tags)
     phases.done("tracking_open_and_create_runs")

@@ -146,7 +146,7 @@ def reproduce(audit: Audit, runs: list[dict], dataset_source: str | None) -> dic
         commands.append(f"dvc exp run --force {settings} {stage}")
     else:
         # --force: rerun even when DVC's run-cache or up-to-date outputs would skip training
-        commands += ["dvc repro label-derive train-code", f"dvc repro --force --single-item {stage}"]
+        commands += ["dvc repro label-derive train-inputs", f"dvc repro --force --single-item {stage}"]
     return {"env": env, "commands": commands,
             "expect": {"file": str(record_path(cell)), "field": "runs[].test",
                        "test": {_seed_key(r, audit.record): r.get("test") for r in runs}}}

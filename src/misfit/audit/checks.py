@@ -287,25 +287,26 @@ def check_report(audit: Audit) -> dict | None:
 # -- dvc.lock and the code ----------------------------------------------------------------
 
 def pinned_code(audit: Audit) -> dict[str, str] | None:
-    """The md5 of each train-code file that dvc.lock pins (None: dvc.lock has no such stages)."""
-    from misfit.provenance import TRAIN_CODE_STAGE
+    """The md5 of each train-code file that dvc.lock pins, in the train-inputs stage (None: dvc.lock
+    has no such stages)."""
+    from misfit.provenance import TRAIN_INPUTS_STAGE
 
     if audit.project.lock_stage(f"train@{audit.cell}") is None:
         return None
-    entry = audit.project.lock_stage(TRAIN_CODE_STAGE) or {}
+    entry = audit.project.lock_stage(TRAIN_INPUTS_STAGE) or {}
     return {dep["path"]: dep.get("md5") for dep in entry.get("deps", [])
             if not str(dep.get("md5", "")).endswith(".dir")}
 
 
 def _code_manifest_md5s(audit: Audit) -> tuple[str | None, str | None]:
-    """(md5 of data/train_code.json that train@<cell> ran against, md5 train-code wrote last)."""
-    from misfit.layout import TRAIN_CODE
-    from misfit.provenance import TRAIN_CODE_STAGE
+    """(md5 of data/train_inputs.json that train@<cell> ran against, md5 train-inputs wrote last)."""
+    from misfit.layout import TRAIN_INPUTS
+    from misfit.provenance import TRAIN_INPUTS_STAGE
 
     def md5_of(entry: dict | None, key: str) -> str | None:
-        return next((d.get("md5") for d in (entry or {}).get(key, []) if d["path"] == str(TRAIN_CODE)), None)
+        return next((d.get("md5") for d in (entry or {}).get(key, []) if d["path"] == str(TRAIN_INPUTS)), None)
     return (md5_of(audit.project.lock_stage(f"train@{audit.cell}"), "deps"),
-            md5_of(audit.project.lock_stage(TRAIN_CODE_STAGE), "outs"))
+            md5_of(audit.project.lock_stage(TRAIN_INPUTS_STAGE), "outs"))
 
 
 def check_lock_and_code(audit: Audit) -> None:
@@ -321,13 +322,13 @@ def check_lock_and_code(audit: Audit) -> None:
                      for path in sorted(set(pinned) | set(recorded)) if pinned.get(path) != recorded.get(path)]
         if differing:
             text = "; ".join(f"{d['path']} (dvc.lock {d['dvc_lock']}, run {d['run']})" for d in differing)
-            audit.disagree("dvc_lock", f"dvc.lock's train-code pins other code than the run recorded: {text}",
+            audit.disagree("dvc_lock", f"dvc.lock's train-inputs pins other code than the run recorded: {text}",
                            files=differing)
         ran_against, written = _code_manifest_md5s(audit)
         if ran_against != written:
-            audit.disagree("dvc_lock", f"dvc.lock's {stage} ran against data/train_code.json md5 {ran_against}, "
-                           f"train-code pins {written}: the cell was trained with other code than "
-                           "train-code lists (dvc repro would retrain it)", files=[])
+            audit.disagree("dvc_lock", f"dvc.lock's {stage} ran against data/train_inputs.json md5 {ran_against}, "
+                           f"train-inputs pins {written}: the cell was trained with other code or shared params "
+                           "than train-inputs lists (dvc repro would retrain it)", files=[])
     try:
         current = md5_of_files(audit.root, train_code_files(audit.root))
     except (OSError, KeyError, TypeError, yaml.YAMLError) as error:
