@@ -14,7 +14,7 @@ push() { dvc push ${remote:+-r "$remote"} "$@"; }
 dvc repro --pull label-derive train-inputs
 push download split label-derive
 git add dvc.lock data/label_summary.json data/train_inputs.json
-git diff --cached --quiet || git commit -q -m "Study: the data stages and the train code's md5s"
+git diff --cached --quiet || git commit -q -m "Study: the data stages and the train inputs (code md5s, shared params)"
 cells=$(python -c 'import yaml; print("\n".join(yaml.safe_load(open("params.yaml"))["cells"]))')
 for cell in $cells; do
   echo "== $(date -u +%FT%TZ) $cell"
