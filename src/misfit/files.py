@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import math
@@ -23,6 +24,7 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield an empty staging directory that replaces `final` only if the block succeeds."""
     created_parent = not final.parent.exists()
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(final)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; outputs are ordinary dirs
     try:
@@ -34,6 +36,18 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         if created_parent and not any(final.parent.iterdir()):
             final.parent.rmdir()
+
+
+def _remove_stale_staging(final: Path) -> None:
+    """Staging dirs of `final` that a process killed outright (SIGKILL, the OOM killer) left.
+
+    Only one process at a time writes an output (DVC locks it for its stage), so any
+    staging dir of it that exists now is stale. mkdtemp's suffix is 8 characters: the
+    staging dirs of a sibling such as `<name>.json` do not match.
+    """
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.{'?' * 8}"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
