@@ -3,6 +3,7 @@
     python bench/epoch.py            # 2 rounds of 4 epochs each way
     python bench/epoch.py --quick    # under a minute; the last line is JSON
     python bench/epoch.py --vmap     # also the vmap way of batching seeds
+    python bench/epoch.py --compile  # also the project's loop with torch.compile (an experiment)
 
 One model-epoch = one pass over the 2,000 training images in batches of 32 plus the
 valid metric on the 3,000 valid images, for one seed. The reference is the way the
@@ -85,7 +86,8 @@ def reference_epochs(epochs: int) -> list[float]:
     return times
 
 
-def project_epochs(epochs: int, seeds: int) -> list[float]:
+def project_trainer(epochs: int, seeds: int):
+    """The project's CellTrainer on the bench's images, and a callback stamping each epoch's end."""
     import torch
 
     from misfit.config import CellConfig, ProtocolConfig
@@ -105,10 +107,41 @@ def project_epochs(epochs: int, seeds: int) -> list[float]:
 
     data = CellData(split(xt, yt), split(xv, yv), split(xv[:1], yv[:1]))
     cell = CellConfig(task="multiclass", activation="softmax", loss="ce", variant=None, loss_input="output")
-    trainer = CellTrainer.one_draw(cell, protocol, list(range(seeds)), data, device)
-    stamps = []  # the first one lands after the initial valid pass (epoch 0)
+    return CellTrainer.one_draw(cell, protocol, list(range(seeds)), data, device)
+
+
+def timed_run(trainer, seeds: int) -> list[float]:
+    """Seconds per model-epoch of each epoch (the first stamp lands after the epoch-0 valid pass)."""
+    stamps = []
     trainer.run(lambda epoch, outcomes: stamps.append(time.perf_counter()))
     return [(b - a) / seeds for a, b in zip(stamps, stamps[1:])]
+
+
+def project_epochs(epochs: int, seeds: int) -> list[float]:
+    return timed_run(project_trainer(epochs, seeds), seeds)
+
+
+def compiled_epochs(epochs: int, seeds: int) -> dict:
+    """What torch.compile (inductor, CPU) would give the project's loop: its forward compiled.
+
+    An experiment, not a path of the pipeline: it swaps misfit.training's forward for the
+    compiled one in this worker process only. The first epoch holds the compile. Trained
+    again eagerly in the same process, the largest difference of any parameter after the
+    same epochs says whether it keeps the numbers (the pipeline's runs are bit-identical).
+    """
+    import torch
+
+    from misfit import model, training
+
+    training.fast_forward = torch.compile(model.fast_forward, dynamic=False)
+    compiled = project_trainer(epochs, seeds)
+    times = timed_run(compiled, seeds)
+    training.fast_forward = model.fast_forward
+    eager = project_trainer(epochs, seeds)
+    eager.run()
+    difference = max(float((a[name].detach() - b[name].detach()).abs().max())
+                     for a, b in zip(compiled.params, eager.params) for name in a)
+    return {"times": times, "max_abs_param_difference": difference}
 
 
 def vmap_epochs(epochs: int, seeds: int) -> list[float]:
@@ -158,7 +191,7 @@ def vmap_epochs(epochs: int, seeds: int) -> list[float]:
     return times
 
 
-def run_worker(kind: str, epochs: int, seeds: int) -> list[float]:
+def run_worker(kind: str, epochs: int, seeds: int):
     command = [sys.executable, __file__, "--worker", kind, "--epochs", str(epochs), "--seeds", str(seeds)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -172,18 +205,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds batched in the project's run")
     parser.add_argument("--vmap", action="store_true",
                         help="also time seeds batched with torch.func.vmap over stacked parameters")
-    parser.add_argument("--worker", choices=["reference", "project", "vmap"], help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the project's loop with its forward under torch.compile (an experiment)")
+    parser.add_argument("--worker", choices=["reference", "project", "vmap", "compile"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         workers = {"reference": lambda: reference_epochs(args.epochs),
                    "project": lambda: project_epochs(args.epochs, args.seeds),
-                   "vmap": lambda: vmap_epochs(args.epochs, args.seeds)}
+                   "vmap": lambda: vmap_epochs(args.epochs, args.seeds),
+                   "compile": lambda: compiled_epochs(args.epochs, args.seeds)}
         print(json.dumps(workers[args.worker]()))
         return
     rounds, epochs = (1, 3) if args.quick else (args.rounds, args.epochs)
     source = load_images()[-1]
     print(f"data: {source}; {rounds} round(s) of {epochs} epochs each way; project batches {args.seeds} seeds")
-    reference, project, vmapped = [], [], []
+    reference, project, vmapped, compiled, differences = [], [], [], [], []
     for round_no in range(rounds):
         ref = run_worker("reference", epochs, args.seeds)
         ours = run_worker("project", epochs, args.seeds)
@@ -195,6 +231,13 @@ def main() -> None:
             batched = run_worker("vmap", epochs, args.seeds)
             print(f"         vmap over stacked parameters {' '.join(f'{t:.3f}' for t in batched)} s")
             vmapped += batched[1:]
+        if args.compile:
+            found = run_worker("compile", epochs, args.seeds)
+            print(f"         torch.compile'd forward {' '.join(f'{t:.3f}' for t in found['times'])} s "
+                  f"(the first with the compile); largest parameter difference from eager after "
+                  f"{epochs} epochs: {found['max_abs_param_difference']:.3g}")
+            compiled += found["times"][1:]
+            differences.append(found["max_abs_param_difference"])
     ref_s, ours_s = statistics.median(reference), statistics.median(project)
     print(f"reference: {ref_s:.3f} s per model-epoch (median of {len(reference)})")
     print(f"project:   {ours_s:.3f} s per model-epoch (median of {len(project)}, {args.seeds} seeds batched)")
@@ -202,6 +245,10 @@ def main() -> None:
     if vmapped:
         print(f"vmap:      {statistics.median(vmapped):.3f} s per model-epoch ({args.seeds} seeds, "
               f"ratio reference/vmap {ref_s / statistics.median(vmapped):.2f})")
+    if compiled:
+        print(f"compiled:  {statistics.median(compiled):.3f} s per model-epoch ({args.seeds} seeds, "
+              f"ratio reference/compiled {ref_s / statistics.median(compiled):.2f}; "
+              f"parameters differ from eager by up to {max(differences):.3g})")
     print(json.dumps({"reference_s": round(ref_s, 4), "project_s": round(ours_s, 4),
                       "ratio": round(ref_s / ours_s, 3), "seeds": args.seeds}))
 

@@ -11,8 +11,9 @@ remaining stage (42 train stages, the report, and for older commits their evalua
 stages). All run in the same process one after the other, so the ratios are measured on
 the same machine in the same state. The breakdown per part of the train stage comes from
 each record's `phases`; the stage process, the warm worker's start (or, without one,
-each stage's interpreter start and imports) are timed as separate processes, and DVC's
-own share is what all these leave of the wall time.
+each stage's interpreter start and imports) and the report stage are timed as separate
+processes, and DVC's own share is what all these leave of the wall time (with each forked
+child's exit and each stage process's wait for it, which no record's phases cover).
 
 Efficiency: Σ seconds spent in epochs / wall seconds of the study. The epochs' seconds
 come from the records (each epoch's wall, counted once per cell); the wall from the
@@ -118,7 +119,10 @@ def stage_parts(clone: Path, env: dict, cells: int, wall: float) -> dict[str, fl
         parts = {"interpreter start (x stages)": python * cells,
                  "imports: torch, mlflow, torchinfo, misfit (x stages)": (imports - python) * cells}
     parts.update({f"train stage: {name}": seconds for name, seconds in phase_totals(clone).items()})
-    parts["DVC and the report (the rest)"] = wall - sum(parts.values())
+    # its outputs come out the same again: the smoke run's records are unchanged
+    parts["report stage (its process, run again on its own)"] = process_seconds(
+        [sys.executable, "stages/report.py"], clone, env, repeats=1)
+    parts["DVC and the train stages' ends (the rest)"] = wall - sum(parts.values())
     return parts
 
 
