@@ -327,3 +327,32 @@ def test_sigterm_wherever_it_lands_closes_the_runs_and_ends_the_process(tmp_path
             (parent, parent)).fetchall()
     assert sorted(statuses) == [("KILLED",)] * 3
     assert elapsed < 15, f"{elapsed:.1f} s: the closing waited for a lock (SQLite's busy timeout is 20 s)"
+
+
+def test_a_failure_closing_the_runs_while_a_signal_closes_them_leaves_them_killed(tmp_path, monkeypatch):
+    """The stop signal's thread closes the runs as KILLED while the main thread, whose next
+    MLflow call failed on a run just closed, goes down its failure path and closes them as
+    FAILED. Whichever starts first names the status of every run (CI once saw a stage
+    killed outright end with one run FAILED among KILLED ones)."""
+    from misfit.tracking import CellRuns, open_experiment
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client, experiment_id = open_experiment(tmp_path, "race")
+    runs = CellRuns(client, experiment_id, "cell", {s: (f"cell seed={s}", {}, {}) for s in (0, 1)}, {}, {"p": 1})
+    one_killed = threading.Event()
+    set_terminated = client.set_terminated
+
+    def set_terminated_then_pause(run_id, status=None, **kwargs):
+        set_terminated(run_id, status=status, **kwargs)
+        if status == "KILLED" and not one_killed.is_set():
+            one_killed.set()
+            time.sleep(0.5)  # the main thread's failure path runs now
+
+    monkeypatch.setattr(client, "set_terminated", set_terminated_then_pause)
+    closing = threading.Thread(target=runs.close_all, args=("KILLED",))
+    closing.start()
+    assert one_killed.wait(10)
+    runs.close_all("FAILED")
+    closing.join(10)
+    statuses = {run_id: client.get_run(run_id).info.status for run_id in [runs.parent_id, *runs.child_ids.values()]}
+    assert set(statuses.values()) == {"KILLED"}, statuses

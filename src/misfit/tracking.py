@@ -219,6 +219,9 @@ class CellRuns:
             client.log_batch(child.info.run_id, params=_stringify({**params, **own_params}))
         self.open = {self.parent_id, *self.child_ids.values()}
         self.pending: list = []
+        # a stop signal's closing thread and the main thread's failure path can both close
+        # the runs at once; the first to start names their status, the other finds none open
+        self._closing = threading.Lock()
 
     def run_id(self, key) -> str:
         return self.parent_id if key is None else self.child_ids[key]
@@ -260,21 +263,23 @@ class CellRuns:
 
     def close(self, key, status: str) -> None:
         run_id = self.run_id(key)
-        if run_id in self.open:
-            # set_terminated first: it stops MLflow's logging thread, which then writes what
-            # is queued at once; waiting on the queued writes first waited out its buffering
-            self.client.set_terminated(run_id, status=status)
-            self.wait_for_metrics()  # done by now; raises a write's error
-            self.open.discard(run_id)
+        with self._closing:
+            if run_id in self.open:
+                # set_terminated first: it stops MLflow's logging thread, which then writes what
+                # is queued at once; waiting on the queued writes first waited out its buffering
+                self.client.set_terminated(run_id, status=status)
+                self.wait_for_metrics()  # done by now; raises a write's error
+                self.open.discard(run_id)
 
     def close_all(self, status: str) -> None:
-        try:
-            self.wait_for_metrics()
-        except Exception:  # closing must not stop at a failed write: the runs are ending anyway
-            pass
-        for run_id in list(self.open):
-            self.client.set_terminated(run_id, status=status)
-            self.open.discard(run_id)
+        with self._closing:
+            try:
+                self.wait_for_metrics()
+            except Exception:  # closing must not stop at a failed write: the runs are ending anyway
+                pass
+            for run_id in list(self.open):
+                self.client.set_terminated(run_id, status=status)
+                self.open.discard(run_id)
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
