@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import base_env, digit_images, make_project, run, small_params, synthetic_mnist
-from misfit.config import CellConfig, ProtocolConfig
+from conftest import REPO, base_env, digit_images, make_project, run, small_params, synthetic_mnist
+from misfit.config import CellConfig, ProtocolConfig, load_params
 from misfit.data import CellData, Split
+from misfit.runtime import configure
 from misfit.tasks import derive_targets
 from misfit.training import CellTrainer, Member
 
@@ -113,6 +114,27 @@ def test_seeds_batched_equal_seeds_alone(cell_id):
     for outcome in batched:
         (alone,) = train(cell_id, [outcome.seed])
         assert_same_outcome(outcome, alone, f"{cell_id} seed {outcome.seed}")
+
+
+def on_device(data: CellData, device: torch.device) -> CellData:
+    return CellData(*(Split(s.x.to(device), s.y.to(device)) for s in (data.train, data.valid, data.test)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA path needs a GPU")
+def test_training_on_cuda_twice_gives_identical_outcomes_for_every_cell():
+    """protocol.device 'auto' trains on a GPU where there is one. There too, the same cell,
+    seeds and data give the same numbers (misfit.runtime.make_cuda_repeatable), for every
+    cell of params.yaml: each loss and activation runs under torch's deterministic mode."""
+    cuda = configure(protocol(device="cuda"))
+    try:
+        for cell_id, cell in load_params(REPO / "params.yaml").cells.items():
+            data = on_device(synthetic_cell_data(cell.task), cuda)
+            first, second = (CellTrainer.one_draw(cell, protocol(device="cuda", max_epochs=3, patience=3), [0, 1],
+                                                  data, cuda).run() for _ in range(2))
+            for a, b in zip(first, second):
+                assert_same_outcome(b, a, f"{cell_id} seed {a.seed} on CUDA")
+    finally:
+        torch.use_deterministic_algorithms(False)  # process-wide: the CPU tests after this one run as before
 
 
 def test_runs_on_different_draws_batched_equal_each_run_alone():

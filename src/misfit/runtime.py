@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 import torch
 
@@ -36,8 +37,26 @@ def pick_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+def make_cuda_repeatable() -> None:
+    """Bit-identical runs on a GPU, as on the CPU.
+
+    By default cuDNN and cuBLAS may pick algorithms that accumulate in a different order
+    each call (measured on an H200: two identical 4-epoch trainings ended up to 0.074
+    apart in a parameter), and convolutions round their inputs to TF32.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read at cuBLAS's first use
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    torch.use_deterministic_algorithms(True)
+
+
 def configure(protocol: ProtocolConfig) -> torch.device:
     keep_freed_memory()
     if protocol.threads:
         torch.set_num_threads(protocol.threads)
-    return pick_device(protocol.device)
+    device = pick_device(protocol.device)
+    if device.type == "cuda":
+        make_cuda_repeatable()
+    return device
