@@ -3,7 +3,8 @@
 # an interrupted session: its checkpoints go to the DVC remote (`dvc push`), and its
 # dvc.lock entry, records/<cell>.json and metrics/<cell>.json into a git commit.
 # Run again (here or in a fresh clone with the same remote) and it resumes: a cell whose
-# stage dvc.lock already pins is restored from the remote (`--pull`), not retrained.
+# stage dvc.lock already pins is restored from the remote (`--pull`), not retrained, and a
+# cell already published (up to date and committed) is passed over without a DVC call.
 #
 #   MNIST_MIRROR=<dir> scripts/publish_study.sh [remote]   # remote: a `dvc remote` name
 set -euo pipefail
@@ -13,10 +14,18 @@ push() { dvc push ${remote:+-r "$remote"} "$@"; }
 
 dvc repro --pull label-derive train-inputs
 push download split label-derive
-git add dvc.lock data/label_summary.json data/train_inputs.json
+git add dvc.lock data/.gitignore data/label_summary.json data/train_inputs.json
 git diff --cached --quiet || git commit -q -m "Study: the data stages and the train inputs (code md5s, shared params)"
 cells=$(python -c 'import yaml; print("\n".join(yaml.safe_load(open("params.yaml"))["cells"]))')
+# One `dvc status` for all stages: a resumed study steps over its published cells at once
+# instead of paying a DVC start, a push and a git add for each.
+stale=$(dvc status --json | python -c 'import json, sys; print("\n".join(json.load(sys.stdin)))')
+published() {  # DVC has nothing to do for the cell and its results are committed as they are
+  ! grep -qxF "train@$1" <<<"$stale" && git ls-files --error-unmatch "records/$1.json" >/dev/null 2>&1 \
+    && git diff --quiet HEAD -- "records/$1.json" "metrics/$1.json"
+}
 for cell in $cells; do
+  if published "$cell"; then echo "== $(date -u +%FT%TZ) $cell already published"; continue; fi
   echo "== $(date -u +%FT%TZ) $cell"
   dvc repro --pull --single-item "train@$cell"
   push "train@$cell"
