@@ -21,8 +21,7 @@ cells=$(python -c 'import yaml; print("\n".join(yaml.safe_load(open("params.yaml
 # instead of paying a DVC start, a push and a git add for each.
 stale=$(dvc status --json | python -c 'import json, sys; print("\n".join(json.load(sys.stdin)))')
 published() {  # DVC has nothing to do for the cell and its results are committed as they are
-  ! grep -qxF "train@$1" <<<"$stale" && git ls-files --error-unmatch "records/$1.json" >/dev/null 2>&1 \
-    && git diff --quiet HEAD -- "records/$1.json" "metrics/$1.json"
+  ! grep -qxF "train@$1" <<<"$stale" && [ -z "$(git status --porcelain -- "records/$1.json" "metrics/$1.json")" ]
 }
 for cell in $cells; do
   if published "$cell"; then echo "== $(date -u +%FT%TZ) $cell already published"; continue; fi
