@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import random
 import signal
 import socket
 import sys
@@ -189,6 +190,30 @@ def _stringify(params: dict) -> list:
     return [Param(key, str(value)) for key, value in params.items()]
 
 
+# How the stores word a violated unique constraint: SQLite, PostgreSQL, MySQL / MariaDB
+UNIQUE_VIOLATION = ("UNIQUE constraint failed", "violates unique constraint", "Duplicate entry")
+
+
+def retry_on_unique_violation(call, attempts: int = 5):
+    """`call()`, again when the store refuses it for a unique constraint another writer won.
+
+    MLflow's store logs a dataset by looking it up by (experiment, name, digest) and
+    inserting it when missing, with no lock between the two, so two stages logging the same
+    split at once both insert and one fails (mlflow/store/tracking/sqlalchemy_store.py,
+    `_log_inputs_impl`). Its transaction is rolled back, and a second try finds the row the
+    other stage wrote and links to it.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except MlflowException as error:
+            if attempt == attempts - 1 or not any(text in error.message for text in UNIQUE_VIOLATION):
+                raise
+            time.sleep(0.05 * (attempt + 1) * (1 + random.random()))
+
+
 class CellRuns:
     """The MLflow records of one train stage of one cell: a parent run and a child per run.
 
@@ -232,7 +257,7 @@ class CellRuns:
 
         inputs = [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(k, v) for k, v in tags.items()])
                   for dataset, tags in datasets]
-        self.client.log_inputs(self.run_id(key), datasets=inputs)
+        retry_on_unique_violation(lambda: self.client.log_inputs(self.run_id(key), datasets=inputs))
 
     def log_metrics(self, key, values: dict[str, float], step: int = 0, wait: bool = True) -> None:
         from mlflow.entities import Metric
