@@ -49,7 +49,7 @@ def reference_epochs(epochs: int) -> list[float]:
     from torch.utils.data import DataLoader, Dataset
     from torchvision import transforms
 
-    from misfit.model import CNN
+    from misfit.train.model import CNN
 
     class Digits(Dataset):
         def __init__(self, images, labels):
@@ -90,10 +90,10 @@ def project_trainer(epochs: int, seeds: int):
     """The project's CellTrainer on the bench's images, and a callback stamping each epoch's end."""
     import torch
 
-    from misfit.config import CellConfig, ProtocolConfig
-    from misfit.data import CellData, Split
-    from misfit.runtime import configure
-    from misfit.training import CellTrainer
+    from misfit.core.config import CellConfig, ProtocolConfig
+    from misfit.data.load import CellData, Split
+    from misfit.train.loop import CellTrainer
+    from misfit.train.runtime import configure
 
     protocol = ProtocolConfig(lr=1e-3, weight_decay=0.01, batch_size=32, patience=epochs + 1,
                               max_epochs=epochs, eval_batch_size=250, normalize_mean=0.5,
@@ -124,14 +124,15 @@ def project_epochs(epochs: int, seeds: int) -> list[float]:
 def compiled_epochs(epochs: int, seeds: int) -> dict:
     """What torch.compile (inductor, CPU) would give the project's loop: its forward compiled.
 
-    An experiment, not a path of the pipeline: it swaps misfit.training's forward for the
+    An experiment, not a path of the pipeline: it swaps misfit.train.loop's forward for the
     compiled one in this worker process only. The first epoch holds the compile. Trained
     again eagerly in the same process, the largest difference of any parameter after the
     same epochs says whether it keeps the numbers (the pipeline's runs are bit-identical).
     """
     import torch
 
-    from misfit import model, training
+    from misfit.train import loop as training
+    from misfit.train import model
 
     training.fast_forward = torch.compile(model.fast_forward, dynamic=False)
     compiled = project_trainer(epochs, seeds)
@@ -150,8 +151,8 @@ def vmap_epochs(epochs: int, seeds: int) -> list[float]:
     from torch import nn
     from torch.func import functional_call, stack_module_state, vmap
 
-    from misfit.model import CNN
-    from misfit.runtime import keep_freed_memory
+    from misfit.train.model import CNN
+    from misfit.train.runtime import keep_freed_memory
 
     keep_freed_memory()
     xt, yt, xv, _, _ = load_images()

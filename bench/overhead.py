@@ -39,7 +39,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
-IMPORTS = "import torch, mlflow, torchinfo, misfit.train_stage"
+IMPORTS = "import torch, mlflow, torchinfo, misfit.train.stage"
 
 
 def smoke_overrides(readme: Path) -> list[str]:
@@ -111,8 +111,8 @@ def stage_parts(clone: Path, env: dict, cells: int, wall: float) -> dict[str, fl
     imports = process_seconds([sys.executable, "-c", IMPORTS], clone, env)
     warm = env.get("MISFIT_WARM", "1") != "0" and (clone / "src" / "misfit" / "warm.py").exists()
     if warm:  # one worker start; each stage a small process that hands its cell to the worker
-        stage_process = process_seconds([sys.executable, "-c", "import misfit.warm"], clone, env)
-        parts = {"stage processes: interpreter, misfit.warm, hand-over (x stages)": stage_process * cells,
+        stage_process = process_seconds([sys.executable, "-c", "import misfit.run.warm"], clone, env)
+        parts = {"stage processes: interpreter, misfit.run.warm, hand-over (x stages)": stage_process * cells,
                  "warm worker: interpreter and imports (once)": imports}
     else:
         python = process_seconds([sys.executable, "-c", "pass"], clone, env)

@@ -3,9 +3,9 @@ import os
 import sys
 from pathlib import Path
 
-from misfit.data import MIRROR_ENV, fetch_raw
-from misfit.layout import RAW_DIR
-from misfit.stage import run_stage
+from misfit.core.layout import RAW_DIR
+from misfit.core.stage import run_stage
+from misfit.data.mnist import MIRROR_ENV, fetch_raw
 
 
 def main() -> None:

@@ -2,9 +2,9 @@
 import gc
 import sys
 
-from misfit.plot_data import write_plot_data
-from misfit.report import write_report
-from misfit.stage import run_stage
+from misfit.core.stage import run_stage
+from misfit.report.document import write_report
+from misfit.report.plot_data import write_plot_data
 
 if __name__ == "__main__":
     # statsmodels' Holm correction calls gc.collect() for each family of comparisons; frozen,

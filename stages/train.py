@@ -1,17 +1,17 @@
 """train@<cell>: every seed of one cell, recorded in MLflow and models/<cell>.
 
-Run by a warm worker's child where one can be had (misfit.warm), else in this process."""
+Run by a warm worker's child where one can be had (misfit.run.warm), else in this process."""
 import sys
 
-from misfit.warm import run_in_worker
+from misfit.run.warm import run_in_worker
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python stages/train.py <cell id>")
     code = run_in_worker(sys.argv[1])
     if code is None:
-        from misfit.stage import run_stage
-        from misfit.train_stage import train_cell
+        from misfit.core.stage import run_stage
+        from misfit.train.stage import train_cell
 
         code = run_stage(train_cell, sys.argv[1])
     sys.exit(code)

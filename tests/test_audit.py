@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import base_env, run, synthetic_project
 
 CELL = "regression-none-mse-zscore"  # an MSE: a float that bit-identity is meaningful for
@@ -77,7 +76,7 @@ def test_by_cell_id_prints_config_data_code_metrics_runs_and_commands(project):
         "seeds     [0, 1]", f"cell digest   {rec['cell_digest']}",
         f"dataset sha256  {rec['data']['dataset_sha256']}",
         *(rec["data"]["splits"][s]["sha256"] for s in ("train", "valid", "test")),
-        f"git commit {head} (dirty: false)", "md5 ", "src/misfit/training.py",
+        f"git commit {head} (dirty: false)", "md5 ", "src/misfit/train/loop.py",
         f"parent run    {rec['parent_run_id']}",
         f"git checkout {head}", f"MNIST_MIRROR={env['MNIST_MIRROR']}", f"MNIST_MANIFEST={env['MNIST_MANIFEST']}",
         "dvc repro label-derive train-inputs", f"dvc repro --force --single-item train@{CELL}",
@@ -225,7 +224,7 @@ def test_params_yaml_changed_since_the_run(in_project):
 def test_run_deleted_from_the_store(in_project):
     from mlflow import MlflowClient
 
-    from misfit.tracking import tracking_uri
+    from misfit.track.runs import tracking_uri
 
     rec = record(in_project)
     victim = rec["runs"][0]["run_id"]
@@ -357,23 +356,22 @@ def test_run_made_with_uncommitted_params_is_reproduced_with_its_own_values(in_p
 
 
 def test_dvc_lock_and_working_tree_code_differ_from_the_run(in_project):
-    lock_path, code_path = in_project / "dvc.lock", in_project / "src" / "misfit" / "losses.py"
-    lock_text, code_text = lock_path.read_text(), code_path.read_text()
-    lock = yaml.safe_load(lock_text)
-    (dep,) = [d for d in lock["stages"]["train-inputs"]["deps"] if d["path"] == "src/misfit/model.py"]
-    dep["md5"] = "0" * 32
-    lock_path.write_text(yaml.safe_dump(lock, sort_keys=False))
+    listed_path, code_path = in_project / "data" / "train_inputs.json", in_project / "src/misfit/train/losses.py"
+    listed_text, code_text = listed_path.read_text(), code_path.read_text()
+    listed = json.loads(listed_text)
+    listed["md5"]["src/misfit/train/model.py"] = "0" * 32
+    listed_path.write_text(json.dumps(listed))
     code_path.write_text(code_text + "\n# a later edit\n")
     try:
         report = audit(in_project, CELL)
     finally:
-        lock_path.write_text(lock_text)
+        listed_path.write_text(listed_text)
         code_path.write_text(code_text)
     assert sorted(kinds(report)) == ["code", "dvc_lock"]
     by_kind = {d["kind"]: d for d in report["disagreements"]}
-    assert [f["path"] for f in by_kind["dvc_lock"]["files"]] == ["src/misfit/model.py"]
+    assert [f["path"] for f in by_kind["dvc_lock"]["files"]] == ["src/misfit/train/model.py"]
     assert by_kind["dvc_lock"]["files"][0]["dvc_lock"] == "0" * 32
-    assert [f["path"] for f in by_kind["code"]["files"]] == ["src/misfit/losses.py"]
+    assert [f["path"] for f in by_kind["code"]["files"]] == ["src/misfit/train/losses.py"]
     assert audit(in_project, CELL)["disagreements"] == []
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import free_port, synthetic_project, wait_for_health
 
 CELLS = ["regression-none-mse-zscore", "binary-logits-ce"]  # one cell in each study
@@ -111,7 +110,7 @@ def visible_text(dom: str) -> str:
 def experiment_id(root: Path) -> str:
     from mlflow import MlflowClient
 
-    from misfit.tracking import tracking_uri
+    from misfit.track.runs import tracking_uri
 
     return MlflowClient(tracking_uri(root)).get_experiment_by_name("misfit").experiment_id
 
@@ -139,7 +138,7 @@ def test_run_table_shows_every_cell_and_a_screenshot_is_kept(server, project, ch
 
 
 def test_filter_by_task_tag(server, project, chromium, tmp_path):
-    from misfit.ui import runs_url, task_filter
+    from misfit.track.ui import runs_url, task_filter
 
     base = server.base
     root, _ = project
@@ -152,10 +151,10 @@ def test_filter_by_task_tag(server, project, chromium, tmp_path):
 
 
 def test_report_link_opens_the_run(server, project, chromium, tmp_path):
-    from misfit.config import load_params
-    from misfit.files import read_json
-    from misfit.findings import load_cells
-    from misfit.report import run_ids
+    from misfit.core.config import load_params
+    from misfit.core.files import read_json
+    from misfit.report.document import run_ids
+    from misfit.report.findings import load_cells
 
     base = server.base
     root, _ = project
@@ -207,7 +206,7 @@ def restored_server(published, tmp_path_factory):
 
 
 def test_restored_store_shows_a_report_run_id(restored_server, chromium, tmp_path):
-    from misfit.ui import runs_url
+    from misfit.track.ui import runs_url
 
     clone = restored_server.clone
     n_runs = sum(1 + len(json.loads(path.read_text())["runs"]) for path in clone.glob("records/*.json"))
@@ -227,7 +226,7 @@ def test_restored_store_shows_a_report_run_id(restored_server, chromium, tmp_pat
     # and the restored run's own page carries the original id among its tags
     from mlflow import MlflowClient
 
-    from misfit.tracking import tracking_uri
+    from misfit.track.runs import tracking_uri
 
     (restored,) = MlflowClient(tracking_uri(clone)).search_runs([experiment_id(clone)], search)
     page = f"{restored_server.base}/#/experiments/{experiment_id(clone)}/runs/{restored.info.run_id}"

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import PUBLISHED_CELLS, base_env, fresh_clone, run
 
 CELL = PUBLISHED_CELLS[0]

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, base_env, make_project
-from misfit.config import ConfigError, load_params
+
+from misfit.core.config import ConfigError, load_params
 
 SOURCE = (REPO / "params.yaml").read_text()
 BASE = yaml.safe_load(SOURCE)

@@ -13,11 +13,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import MNIST_NAMES, REPO, SHARED_MNIST, synthetic_mnist
-from misfit.config import DataConfig, ProtocolConfig
-from misfit.data import derive_targets, fetch_raw, load_images, write_labels, write_split
-from misfit.errors import DataError
+
+from misfit.core.config import DataConfig, ProtocolConfig
+from misfit.core.errors import DataError
+from misfit.data.labels import derive_targets, write_labels
+from misfit.data.load import load_images
+from misfit.data.mnist import fetch_raw
+from misfit.data.split import write_split
 
 # STUDY.md "Tasks", written out digit by digit (index = digit)
 STROKES = [2, 1, 2, 2, 6, 3, 3, 2, 4, 3]  # 1->1; 0,2,3,7->2; 5,6,9->3; 8->4; 4->6

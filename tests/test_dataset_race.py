@@ -19,11 +19,11 @@ ROUNDS, PROCESSES = 20, 4
 
 def _log_at_once(uri: str, experiment_ids: list[str], barrier, errors) -> None:
     """In each experiment: wait for the others, then log the three datasets to a run of its own."""
-    import numpy as np
-
     import mlflow.data
+    import numpy as np
     from mlflow import MlflowClient
-    from misfit.tracking import CellRuns
+
+    from misfit.track.runs import CellRuns
 
     client = MlflowClient(uri)
     datasets = [(mlflow.data.from_numpy(np.full((4, 2), i, np.uint8), name=f"mnist-{name}", digest=f"d{i}" * 8),

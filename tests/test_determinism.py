@@ -11,13 +11,21 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import (
+    REPO,
+    base_env,
+    digit_images,
+    make_project,
+    run,
+    small_params,
+    synthetic_mnist,
+)
 
-from conftest import REPO, base_env, digit_images, make_project, run, small_params, synthetic_mnist
-from misfit.config import CellConfig, ProtocolConfig, load_params
-from misfit.data import CellData, Split
-from misfit.runtime import configure
-from misfit.tasks import derive_targets
-from misfit.training import CellTrainer, Member
+from misfit.core.config import CellConfig, ProtocolConfig, load_params
+from misfit.data.labels import derive_targets
+from misfit.data.load import CellData, Split
+from misfit.train.loop import CellTrainer, Member
+from misfit.train.runtime import configure
 
 CPU = torch.device("cpu")
 CELLS = {
@@ -123,7 +131,7 @@ def on_device(data: CellData, device: torch.device) -> CellData:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA path needs a GPU")
 def test_training_on_cuda_twice_gives_identical_outcomes_for_every_cell():
     """protocol.device 'auto' trains on a GPU where there is one. There too, the same cell,
-    seeds and data give the same numbers (misfit.runtime.make_cuda_repeatable), for every
+    seeds and data give the same numbers (misfit.train.runtime.make_cuda_repeatable), for every
     cell of params.yaml: each loss and activation runs under torch's deterministic mode."""
     cuda = configure(protocol(device="cuda"))
     try:

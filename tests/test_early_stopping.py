@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from misfit.training import EarlyStopping
+from misfit.train.loop import EarlyStopping
 
 
 def feed(stopper: EarlyStopping, values) -> list[bool]:

@@ -7,12 +7,13 @@ import subprocess
 import sys
 
 from conftest import REPO
-from misfit.files import atomic_dir
+
+from misfit.core.files import atomic_dir
 
 KILLED_INSIDE = """
 import os, signal, sys
 from pathlib import Path
-from misfit.files import atomic_dir
+from misfit.core.files import atomic_dir
 with atomic_dir(Path(sys.argv[1])) as staging:
     (staging / "half.txt").write_text("half-written")
     os.kill(os.getpid(), signal.SIGKILL)

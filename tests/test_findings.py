@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from misfit.findings import (
-    Cell, Published, Run, baselines, compare_family, judge_published, relu_clip_bound, relu_lottery, zero_mse,
+from misfit.core.tasks import STROKES
+from misfit.report.findings import (
+    Cell,
+    Published,
+    Run,
+    baselines,
+    compare_family,
+    judge_published,
+    relu_clip_bound,
+    relu_lottery,
+    zero_mse,
 )
-from misfit.modes import CONSTANT, DEAD_RELU, LEARNED, Outcome
-from misfit.task_specs import STROKES
+from misfit.report.modes import CONSTANT, DEAD_RELU, LEARNED, Outcome
 
 COUNTS = [98, 113, 103, 101, 98, 89, 96, 103, 97, 102]
 LABELS = {

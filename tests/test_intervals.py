@@ -6,7 +6,12 @@ import math
 import numpy as np
 import pytest
 
-from misfit.intervals import holm, prediction_interval, welch_difference, wilson
+from misfit.report.intervals import (
+    holm,
+    prediction_interval,
+    welch_difference,
+    wilson,
+)
 
 
 def test_welch_difference_matches_the_textbook_formula():

@@ -2,7 +2,7 @@
 
 One project lives through four `dvc repro`s:
   1. SIGTERM to the training process: it closes the cell's runs as KILLED itself
-     (misfit.tracking.killed_on_signal) and exits with 128 + 15.
+     (misfit.track.runs.killed_on_signal) and exits with 128 + 15.
   2. SIGKILL to the training process: no handler runs, the runs stay RUNNING; DVC
      survives and reports the failed stage.
   3. SIGKILL to DVC and the training process together (a crash, the OOM killer): the
@@ -27,8 +27,14 @@ import time
 
 import psutil
 import pytest
-
-from conftest import assert_pipeline_current, base_env, make_project, run, small_params, synthetic_mnist
+from conftest import (
+    assert_pipeline_current,
+    base_env,
+    make_project,
+    run,
+    small_params,
+    synthetic_mnist,
+)
 
 # one cell per study of src/misfit/study.py, so the report has every section
 CELLS = ["regression-none-mse-zscore", "binary-logits-ce"]
@@ -264,7 +270,7 @@ from pathlib import Path
 import sqlalchemy
 from sqlalchemy import event
 
-from misfit.tracking import CellRuns, killed_on_signal, open_experiment
+from misfit.track.runs import CellRuns, killed_on_signal, open_experiment
 
 root, where = Path(sys.argv[1]), sys.argv[2]
 client, experiment_id = open_experiment(root, "signals")
@@ -334,7 +340,7 @@ def test_a_failure_closing_the_runs_while_a_signal_closes_them_leaves_them_kille
     MLflow call failed on a run just closed, goes down its failure path and closes them as
     FAILED. Whichever starts first names the status of every run (CI once saw a stage
     killed outright end with one run FAILED among KILLED ones)."""
-    from misfit.tracking import CellRuns, open_experiment
+    from misfit.track.runs import CellRuns, open_experiment
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     client, experiment_id = open_experiment(tmp_path, "race")

@@ -9,11 +9,11 @@ import statistics
 import pytest
 import torch
 import yaml
-
 from conftest import REPO
-from misfit.config import CellConfig
-from misfit.losses import CellLoss, LossRejected
-from misfit.tasks import CellTargets
+
+from misfit.core.config import CellConfig
+from misfit.train.losses import CellLoss, LossRejected
+from misfit.train.targets import CellTargets
 
 CELLS = yaml.safe_load((REPO / "params.yaml").read_text())["cells"]
 
@@ -189,8 +189,8 @@ def test_bce_range_rejections_on_cpu(output, target, word):
 
 CUDA_SNIPPET = """
 import json, sys, torch
-from misfit.config import CellConfig
-from misfit.losses import CellLoss, LossRejected
+from misfit.core.config import CellConfig
+from misfit.train.losses import CellLoss, LossRejected
 loss = CellLoss(CellConfig(task="regression", activation="none", loss="bce", variant="zscore", loss_input="output"))
 results = []
 for output, target in json.loads(sys.argv[1]):

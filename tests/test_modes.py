@@ -3,8 +3,17 @@ from __future__ import annotations
 
 import pytest
 
-from misfit.modes import (
-    CONSTANT, DEAD_RELU, DIVERGED, FAILED, LEARNED, WORSE, TaskContext, classify, describe_answer, mode_counts,
+from misfit.report.modes import (
+    CONSTANT,
+    DEAD_RELU,
+    DIVERGED,
+    FAILED,
+    LEARNED,
+    WORSE,
+    TaskContext,
+    classify,
+    describe_answer,
+    mode_counts,
 )
 
 REGRESSION = TaskContext("regression", "none", train_mean=2.55, constant_score=1.78)

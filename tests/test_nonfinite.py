@@ -15,11 +15,25 @@ import sqlite3
 
 import pytest
 import torch
+from conftest import (
+    base_env,
+    make_project,
+    run,
+    small_params,
+    stages_run,
+    synthetic_mnist,
+)
+from test_determinism import (
+    CPU,
+    assert_same_outcome,
+    cell_config,
+    protocol,
+    synthetic_cell_data,
+    train,
+)
 
-from conftest import base_env, make_project, run, small_params, stages_run, synthetic_mnist
-from test_determinism import CPU, assert_same_outcome, cell_config, protocol, synthetic_cell_data, train
-from misfit import training
-from misfit.training import CellTrainer
+from misfit.train import loop as training
+from misfit.train.loop import CellTrainer
 
 NAN, SATURATED = float("nan"), 100.0  # sigmoid(100.0) == 1.0 exactly in float32
 
@@ -133,7 +147,7 @@ def test_nonfinite_values_reach_records_results_report_and_mlflow(tmp_path, monk
     monkeypatch.setattr(training, "initial_states", saturated_start)
     monkeypatch.setattr(CellTrainer, "run", diverging_run)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from misfit.train_stage import train_cell
+    from misfit.train.stage import train_cell
 
     for cell in (zscore, sigmoid):
         train_cell(cell, project)

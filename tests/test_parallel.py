@@ -27,9 +27,17 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-
-from conftest import (assert_pipeline_current, base_env, free_port, make_project, run, small_params,
-                      stages_run, stop_process_group, synthetic_mnist)
+from conftest import (
+    assert_pipeline_current,
+    base_env,
+    free_port,
+    make_project,
+    run,
+    small_params,
+    stages_run,
+    stop_process_group,
+    synthetic_mnist,
+)
 
 # every study of src/misfit/study.py has a cell here, and one cell fails by design (BCE
 # rejects z-scored targets): a failed cell must be counted as carefully as the others
@@ -202,14 +210,14 @@ def test_the_killed_workers_cell_ran_again_on_the_other_worker(cluster_run):
 
 
 def load_params(project: Path):
-    from misfit.config import load_params as load
+    from misfit.core.config import load_params as load
 
     return load(project / "params.yaml")
 
 
 def expected_run_params(project: Path) -> dict[str, dict[str, str]]:
     """Per cell, the parameters its parent run has (every child has them too, plus its own)."""
-    from misfit.train_stage import flat_params
+    from misfit.train.stage import flat_params
 
     params = load_params(project)
     return {cell: {**{k: str(v) for k, v in flat_params(params.cell(cell), params).items()},

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, SHARED_MNIST, base_env, make_project, run
 
 # one cell per task and the study's interesting failures; the smoke profile keeps them all

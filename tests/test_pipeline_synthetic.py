@@ -6,7 +6,6 @@ import sqlite3
 
 import pytest
 import yaml
-
 from conftest import run, stages_run, synthetic_project
 
 CELLS = ["regression-none-mse-zscore", "regression-none-bce-zscore", "probability-softmax-ce",
@@ -31,7 +30,10 @@ def test_every_stage_runs_once_per_cell(repro):
     trains = [i for i, s in enumerate(ran) if s.startswith("train@")]
     assert sorted(ran[i] for i in trains) == sorted(f"train@{c}" for c in CELLS)
     assert ran.count("train-inputs") == 1 and ran.index("train-inputs") < min(trains)
-    assert ran[-1] == "report" and len(ran) == 4 + len(CELLS) + 1
+    for cell in CELLS:  # each cell's checkpoints are scored by its own evaluate stage, after training
+        assert ran.index(f"train@{cell}") < ran.index(f"evaluate@{cell}")
+    assert ran.count("evaluate-inputs") == 1
+    assert ran[-1] == "report" and len(ran) == 4 + 2 * len(CELLS) + 2
 
 
 def test_results_hold_every_cell_with_its_runs_and_modes(repro):
@@ -93,7 +95,8 @@ def test_shared_params_are_pinned_once_and_reach_every_cell(repro):
     finally:
         (project / "params.yaml").write_text(text)
         run(["dvc", "repro", "--single-item", "train-inputs"], project, env)
-    assert sorted(stale) == sorted(["report", *(f"train@{cell}" for cell in CELLS)])  # report: its own params
+    # report and evaluate-inputs: their own params; evaluate@<cell> follows once its train@ reruns
+    assert sorted(stale) == sorted(["report", "evaluate-inputs", *(f"train@{cell}" for cell in CELLS)])
     assert json.loads(run(["dvc", "status", "--json"], project, env).stdout) == {}
 
 
@@ -105,7 +108,7 @@ def test_changing_one_cell_reruns_only_that_cell_and_the_report(repro):
         "task": "multiclass", "activation": "sigmoid", "loss": "bce", "variant": None, "loss_input": "output"}
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     again = run(["dvc", "repro"], project, env)
-    assert stages_run(again.stdout) == ["train@multiclass-sigmoid-bce", "report"]
+    assert stages_run(again.stdout) == ["train@multiclass-sigmoid-bce", "evaluate@multiclass-sigmoid-bce", "report"]
 
 
 def test_cells_with_draws_also_train_on_the_further_draw(repro):
@@ -118,6 +121,61 @@ def test_cells_with_draws_also_train_on_the_further_draw(repro):
         assert members == [(0, 0), (0, 1)] + further
         if further:
             assert record["draws"]["1"]["splits"]["train"]["sha256"] != record["data"]["splits"]["train"]["sha256"]
-            assert record["draws"]["1"]["splits"]["test"] == record["data"]["splits"]["test"]
+            assert sorted(record["draws"]["1"]["splits"]) == sorted(record["data"]["splits"]) == ["train", "valid"]
             assert (project / "models" / cell / "subset1-seed0.pt").is_file()
         assert all(r["initial"]["epoch"] == 0 for r in record["runs"])
+
+
+def test_changing_the_evaluation_code_reruns_evaluate_not_train(repro):
+    project, env, _ = repro
+    code = project / "src" / "misfit" / "evaluate" / "score.py"
+    text = code.read_text()
+    code.write_text(text + "\n# a later edit\n")
+    try:
+        run(["dvc", "repro", "--single-item", "train-inputs", "evaluate-inputs"], project, env)
+        stale = json.loads(run(["dvc", "status", "--json"], project, env).stdout)
+    finally:
+        code.write_text(text)
+        run(["dvc", "repro", "--single-item", "evaluate-inputs"], project, env)
+    cells = yaml.safe_load((project / "params.yaml").read_text())["cells"]  # one changed above
+    assert sorted(stale) == sorted(f"evaluate@{cell}" for cell in cells)
+    assert json.loads(run(["dvc", "status", "--json"], project, env).stdout) == {}
+
+
+def test_evaluations_and_predictions_hold_every_kept_checkpoint(repro):
+    import numpy as np
+
+    from misfit.core.record import load_evaluation, load_train_record
+
+    project, _, _ = repro
+    for cell in yaml.safe_load((project / "params.yaml").read_text())["cells"]:
+        record = load_train_record(project / "records" / f"{cell}.json")
+        evaluation = load_evaluation(project / "evaluations" / f"{cell}.json")
+        kept = [(r.subset_seed, r.seed) for r in record.runs if r.checkpoint]
+        assert [(r.subset_seed, r.seed) for r in evaluation.runs] == kept
+        assert all(r.matches_record for r in evaluation.runs)
+        with np.load(project / "predictions" / f"{cell}.npz") as predictions:
+            assert predictions["per_image"].shape == (len(kept), 100)
+            assert np.allclose(predictions["per_image"].mean(axis=1), [r.test for r in evaluation.runs])
+        for run in evaluation.runs:  # probabilities get calibration figures, a regression none
+            assert (run.calibration is None) == cell.startswith("regression")
+
+
+def test_no_train_stage_depends_on_a_test_file_and_one_trains_without_them(repro):
+    """dvc.yaml gives train@<cell> no test file, and the split puts none where it looks:
+    a train stage run with the test split and its targets moved away trains as before."""
+    project, env, _ = repro
+    spec = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]["train"]["do"]
+    assert not [d for d in spec["deps"] if "test" in d]
+    assert not list((project / "data" / "split").rglob("test*")) and not list((project / "data" / "labels").rglob("test*"))
+    away = project.parent / "away"
+    away.mkdir()
+    for name in ("test", "test_labels.npz"):
+        (project / "data" / name).rename(away / name)
+    try:
+        done = run(["dvc", "repro", "--force", "--single-item", "train@binary-softmax-ce"], project, env)
+    finally:
+        for name in ("test", "test_labels.npz"):
+            (away / name).rename(project / "data" / name)
+    assert stages_run(done.stdout) == ["train@binary-softmax-ce"]
+    run(["dvc", "repro"], project, env)  # evaluate@ and the report follow the retrained cell

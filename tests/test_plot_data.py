@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from misfit.findings import Cell, Run
-from misfit.modes import DEAD_RELU, FAILED, LEARNED, Outcome
-from misfit.plot_data import curve_rows, bar_rows
+from misfit.report.findings import Cell, Run
+from misfit.report.modes import DEAD_RELU, FAILED, LEARNED, Outcome
+from misfit.report.plot_data import bar_rows, curve_rows
 
 
 def run(seed: int, mode: str, test: float | None, curve: list[float]) -> Run:

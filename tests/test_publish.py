@@ -8,8 +8,17 @@ from __future__ import annotations
 
 import shutil
 
-from conftest import (REPO, assert_pipeline_current, base_env, fresh_clone, make_project, run,
-                      small_params, stages_run, synthetic_mnist)
+from conftest import (
+    REPO,
+    assert_pipeline_current,
+    base_env,
+    fresh_clone,
+    make_project,
+    run,
+    small_params,
+    stages_run,
+    synthetic_mnist,
+)
 
 CELLS = ["regression-none-mse-zscore", "binary-logits-ce"]
 PUBLISHED_SUBJECTS = ["Study: the report", "Study: train@binary-logits-ce",

@@ -1,7 +1,7 @@
 """How the report words a cell's modes: runs that differ only in a measured number are one group."""
 from __future__ import annotations
 
-from misfit.report import _detail_groups
+from misfit.report.document import _detail_groups
 
 
 def test_constants_that_differ_in_a_measured_number_group_with_their_range():
@@ -17,9 +17,9 @@ def test_whole_numbers_are_categories_and_groups_count_their_runs():
 
 
 def test_a_collapse_to_the_minority_answer_is_named_as_such():
-    from misfit.findings import Baseline, Cell, Run
-    from misfit.modes import CONSTANT, LEARNED, Outcome
-    from misfit.report import constant_answer_lines
+    from misfit.report.document import constant_answer_lines
+    from misfit.report.findings import Baseline, Cell, Run
+    from misfit.report.modes import CONSTANT, LEARNED, Outcome
 
     runs = [Run(seed, 0, {"test": 0.4931}, Outcome(CONSTANT, "always 1 = curved")) for seed in range(4)]
     runs.append(Run(4, 0, {"test": 0.97}, Outcome(LEARNED, "")))

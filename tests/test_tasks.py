@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 import yaml
-
 from conftest import REPO
-from misfit.config import CellConfig
-from misfit.tasks import TASKS, CellTargets
+
+from misfit.core.config import CellConfig
+from misfit.train.targets import TASKS, CellTargets
 
 CELLS = yaml.safe_load((REPO / "params.yaml").read_text())["cells"]
 TRAIN_STROKES = torch.tensor([1.0, 2.0, 3.0, 4.0, 6.0])  # mean 3.2, sample std sqrt(3.7)

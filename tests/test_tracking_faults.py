@@ -9,8 +9,7 @@ import threading
 import time
 
 import pytest
-
-from conftest import free_port, make_project, run, small_params, synthetic_mnist, base_env
+from conftest import base_env, free_port, make_project, run, small_params, synthetic_mnist
 
 CELL = "binary-softmax-ce"
 

@@ -1,4 +1,4 @@
-"""The warm worker (misfit.warm): a train stage forked from it trains exactly what a stage in
+"""The warm worker (misfit.run.warm): a train stage forked from it trains exactly what a stage in
 its own process trains, signals reach it, a dead stage takes its child along, and without a
 worker the stage still runs."""
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import REPO, run, synthetic_project
-from misfit import warm
+
+from misfit.run import warm
 
 CELL = "regression-none-mse-zscore"
 STARTED = re.compile(r"started a warm worker \(pid (\d+)\)")
@@ -212,7 +212,7 @@ def test_a_child_killed_outright_fails_the_stage(long):
 
 
 @pytest.mark.parametrize("path, edit, named", [
-    ("src/misfit/model.py", lambda text: text + "\n# a later edit\n", "src/misfit/model.py"),
+    ("src/misfit/train/model.py", lambda text: text + "\n# a later edit\n", "src/misfit/train/model.py"),
     ("params.yaml", lambda text: text.replace("lr: 0.001", "lr: 0.002"), "params protocol"),
 ])
 def test_a_stage_refuses_to_run_code_or_params_that_train_inputs_does_not_list(small, path, edit, named):

@@ -9,7 +9,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="misfit", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     # each module adds its subcommand: register(commands) sets a `handler` default
-    for module_name in ("audit", "restore", "ui", "parallel"):
+    for module_name in ("audit", "track.restore", "track.ui", "run.parallel"):
         module = __import__(f"misfit.{module_name}", fromlist=["register"])
         module.register(commands)
     return parser

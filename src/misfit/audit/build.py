@@ -17,7 +17,7 @@ ENV_MIRROR, ENV_MANIFEST = "MNIST_MIRROR", "MNIST_MANIFEST"
 
 
 def summarize(values: list) -> dict:
-    """As metrics/<cell>.json writes it (misfit.evaluate.summarize, which would import torch
+    """As metrics/<cell>.json writes it (misfit.evaluate.score.summarize, which would import torch
     into every audit): mean, sample sd, median, min, max, n of the finite values."""
     finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
     if not finite:

@@ -11,9 +11,16 @@ from pathlib import Path
 import yaml
 
 from misfit.audit.facts import ABSENT, Disagreement, Missing
-from misfit.audit.sources import LOCK_FILE, RESULTS_FILE, Project, record_path, run_ids_in
+from misfit.audit.sources import (
+    LOCK_FILE,
+    RESULTS_FILE,
+    Project,
+    record_path,
+    run_ids_in,
+)
 from misfit.audit.store import Store
-from misfit.layout import METRICS_DIR, MODELS_DIR, PARAMS_FILE, SPLIT_DIR
+from misfit.core.files import read_json
+from misfit.core.layout import METRICS_DIR, MODELS_DIR, PARAMS_FILE, SPLIT_DIR
 
 # the metrics file summarises the re-scored checkpoints, the record the training run's own
 # scores: they agree to this (the tolerance the re-scoring itself is checked with)
@@ -98,8 +105,8 @@ def check_commit(audit: Audit) -> None:
 
 def train_files_changed_since(project: Project, commit: str) -> list[str] | None:
     """The train stage's file deps that differ between `commit` and HEAD (None: unknown)."""
-    from misfit.provenance import train_code_files
     from misfit.audit.sources import git
+    from misfit.core.provenance import train_code_files
 
     try:
         paths = train_code_files(project.root)
@@ -149,7 +156,7 @@ def listing(differing: list[dict], where: str = "params.yaml") -> str:
 
 def check_params(audit: Audit):
     """params.yaml against the record; returns the validated params (None if unreadable)."""
-    from misfit.config import ConfigError, load_params
+    from misfit.core.config import ConfigError, load_params
 
     try:
         params = load_params(audit.root / PARAMS_FILE)
@@ -166,7 +173,7 @@ def check_params(audit: Audit):
 def params_at_commit(audit: Audit, commit: str) -> list[dict]:
     """What params.yaml at the run's commit would change: a dirty tree's run had other values."""
     from misfit.audit.sources import git
-    from misfit.config import ConfigError, parse_params
+    from misfit.core.config import ConfigError, parse_params
 
     shown = git(audit.root, "show", f"{commit}:{PARAMS_FILE}")
     if shown is None or shown.returncode != 0:
@@ -287,21 +294,23 @@ def check_report(audit: Audit) -> dict | None:
 # -- dvc.lock and the code ----------------------------------------------------------------
 
 def pinned_code(audit: Audit) -> dict[str, str] | None:
-    """The md5 of each train-code file that dvc.lock pins, in the train-inputs stage (None: dvc.lock
-    has no such stages)."""
-    from misfit.provenance import TRAIN_INPUTS_STAGE
+    """The md5 of each train-code file that data/train_inputs.json lists: dvc.lock pins that file
+    (the train-inputs stage's output, each train@<cell>'s dependency) and, through it, the code
+    (None: dvc.lock has no entry for the cell)."""
+    from misfit.core.layout import TRAIN_INPUTS
 
     if audit.project.lock_stage(f"train@{audit.cell}") is None:
         return None
-    entry = audit.project.lock_stage(TRAIN_INPUTS_STAGE) or {}
-    return {dep["path"]: dep.get("md5") for dep in entry.get("deps", [])
-            if not str(dep.get("md5", "")).endswith(".dir")}
+    try:
+        return dict(read_json(audit.root / TRAIN_INPUTS)["md5"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _code_manifest_md5s(audit: Audit) -> tuple[str | None, str | None]:
     """(md5 of data/train_inputs.json that train@<cell> ran against, md5 train-inputs wrote last)."""
-    from misfit.layout import TRAIN_INPUTS
-    from misfit.provenance import TRAIN_INPUTS_STAGE
+    from misfit.core.layout import TRAIN_INPUTS
+    from misfit.core.provenance import TRAIN_INPUTS_STAGE
 
     def md5_of(entry: dict | None, key: str) -> str | None:
         return next((d.get("md5") for d in (entry or {}).get(key, []) if d["path"] == str(TRAIN_INPUTS)), None)
@@ -310,7 +319,7 @@ def _code_manifest_md5s(audit: Audit) -> tuple[str | None, str | None]:
 
 
 def check_lock_and_code(audit: Audit) -> None:
-    from misfit.provenance import md5_of_files, train_code_files
+    from misfit.core.provenance import md5_of_files, train_code_files
 
     recorded = prefixed(audit.tags, "dep.md5.")
     stage = f"train@{audit.cell}"
@@ -322,7 +331,8 @@ def check_lock_and_code(audit: Audit) -> None:
                      for path in sorted(set(pinned) | set(recorded)) if pinned.get(path) != recorded.get(path)]
         if differing:
             text = "; ".join(f"{d['path']} (dvc.lock {d['dvc_lock']}, run {d['run']})" for d in differing)
-            audit.disagree("dvc_lock", f"dvc.lock's train-inputs pins other code than the run recorded: {text}",
+            audit.disagree("dvc_lock", f"data/train_inputs.json (pinned by dvc.lock) lists other code than the run "
+                           f"recorded: {text}",
                            files=differing)
         ran_against, written = _code_manifest_md5s(audit)
         if ran_against != written:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from misfit.files import json_safe
+from misfit.core.files import json_safe
 
 ABSENT = "<absent>"  # a field one side has and the other lacks
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from misfit.audit.sources import Project, RECORDS_DIR, record_path
+from misfit.audit.sources import RECORDS_DIR, Project, record_path
 from misfit.audit.store import ORIGINAL_RUN_ID, Store, original_id, record_from_run
 
 MIN_PREFIX = 8

@@ -14,8 +14,18 @@ from pathlib import Path
 
 import yaml
 
-from misfit.files import read_json
-from misfit.layout import METRICS_DIR, MODELS_DIR, PARAMS_FILE, RECORDS_DIR, REPORTS_DIR, SPLIT_DIR
+from misfit.core.errors import DataError
+from misfit.core.files import read_json
+from misfit.core.layout import (
+    EVALUATIONS_DIR,
+    METRICS_DIR,
+    MODELS_DIR,
+    PARAMS_FILE,
+    RECORDS_DIR,
+    REPORTS_DIR,
+    SPLIT_DIR,
+)
+from misfit.core.record import load_joined
 
 RESULTS_FILE = REPORTS_DIR / "results.json"
 LOCK_FILE = Path("dvc.lock")
@@ -85,9 +95,10 @@ class Project:
     def records(self) -> dict[str, dict]:
         found = {}
         for path in sorted((self.root / RECORDS_DIR).glob("*.json")):
-            record = read_json_or_none(path)
-            if record is None:
-                raise RecordError(f"{path.relative_to(self.root)}: not readable as JSON")
+            try:
+                record = load_joined(self.root / RECORDS_DIR, self.root / EVALUATIONS_DIR, path.stem)
+            except DataError as error:
+                raise RecordError(str(error).replace(str(self.root) + "/", "")) from None
             found[path.stem] = check_record(path.relative_to(self.root), record)
         return found
 

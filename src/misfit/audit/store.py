@@ -74,7 +74,7 @@ def original_id(run) -> str:
 
 
 def open_store(root: Path) -> Store:
-    from misfit.tracking import tracking_uri
+    from misfit.track.runs import tracking_uri
 
     uri = tracking_uri(root)
     if uri.startswith("sqlite:///"):
@@ -108,7 +108,7 @@ def _int_or_none(value):
 
 def record_from_run(store: Store, parent) -> dict:
     """A records/<cell>.json-shaped view of a cell's parent run and its seed runs in MLflow."""
-    from misfit.tasks import TASKS
+    from misfit.train.targets import TASKS
 
     params, tags = parent.data.params, parent.data.tags
 

@@ -1,0 +1,271 @@
+"""params.yaml, validated: every stage loads its knobs through these models.
+
+A bad file stops the stage before it writes anything, with an error that names the
+file, the field and what was expected.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from misfit.core.tasks import TASKS
+
+Task = Literal["regression", "probability", "binary", "multiclass", "multilabel"]
+Activation = Literal["none", "relu", "sigmoid", "softmax"]
+Loss = Literal["mse", "mae", "rmse", "bce", "bcelogits", "ce"]
+Variant = Literal["zscore", "raw"]
+LossInput = Literal["output", "logits"]
+
+MNIST_TRAIN_SIZE = 60_000
+MNIST_TEST_SIZE = 10_000
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Seed = Annotated[int, Field(ge=0)]
+Seeds = Annotated[list[Seed], Field(min_length=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(ValueError):
+    """params.yaml is unusable; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    # strict: "2000" is not an int and 1.0 is not an int; a typo'd key is an error
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class DataConfig(_Strict):
+    subset_seed: Annotated[int, Field(ge=0)]
+    n_train: PositiveInt
+    n_valid: PositiveInt
+    n_test: Annotated[int, Field(gt=0, le=MNIST_TEST_SIZE)]
+
+    @model_validator(mode="after")
+    def _subset_fits(self) -> DataConfig:
+        if self.n_train + self.n_valid > MNIST_TRAIN_SIZE:
+            raise ValueError(
+                f"n_train + n_valid = {self.n_train + self.n_valid} exceeds the "
+                f"{MNIST_TRAIN_SIZE} MNIST training images they are drawn from"
+            )
+        return self
+
+
+class ProtocolConfig(_Strict):
+    lr: PositiveFloat
+    weight_decay: Annotated[float, Field(ge=0)]
+    batch_size: PositiveInt
+    patience: PositiveInt
+    max_epochs: PositiveInt
+    eval_batch_size: PositiveInt
+    normalize_mean: float
+    normalize_std: PositiveFloat
+    device: Literal["auto", "cpu", "cuda"]
+    threads: Annotated[int, Field(ge=0)]  # 0: torch's default
+
+
+class CellConfig(_Strict):
+    task: Task
+    activation: Activation
+    loss: Loss
+    variant: Variant | None  # regression only: zscore or raw
+    loss_input: LossInput  # what the loss consumes: the model's output, or raw logits
+    outputs: PositiveInt | None = None  # optional; must equal the task's output count
+    seeds: Seeds | None = None  # this cell's own seeds; None: the study's `seeds`
+    draws: bool = False  # also train on the further data draws of `draws`
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CellConfig:
+        if self.task == "regression" and self.variant is None:
+            raise ValueError("variant (zscore or raw) is required for regression cells")
+        if self.task != "regression" and self.variant is not None:
+            raise ValueError(
+                f"variant is for regression cells only, not allowed for {self.task} cells (use null)"
+            )
+        if self.loss_input == "logits" and self.activation not in ("sigmoid", "softmax"):
+            raise ValueError(
+                "loss_input 'logits' needs the activation that turns logits into "
+                f"predictions (sigmoid or softmax), got {self.activation!r}"
+            )
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        expected = TASKS[self.task].n_outputs
+        if self.outputs is not None and self.outputs != expected:
+            raise ValueError(
+                f"outputs={self.outputs} is impossible for task {self.task!r}, "
+                f"which has {expected} output(s)"
+            )
+        return self
+
+    @property
+    def n_outputs(self) -> int:
+        return TASKS[self.task].n_outputs
+
+    @property
+    def model_activation(self) -> str:
+        """The activation inside the network: none when the loss eats logits."""
+        return "none" if self.loss_input == "logits" else self.activation
+
+    def cell_id(self) -> str:
+        middle = "logits" if self.loss_input == "logits" else self.activation
+        suffix = f"-{self.variant}" if self.variant else ""
+        return f"{self.task}-{middle}-{self.loss}{suffix}"
+
+
+class DrawsConfig(_Strict):
+    """Further 5,000-image draws (data.subset_seed values) for the cells marked `draws: true`.
+
+    They measure draw-to-draw variance: a published single run came from another draw.
+    """
+    subset_seeds: list[Seed]  # [] : no further draws
+    seeds: Seeds  # the seeds trained on each further draw (and compared on the main draw)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> DrawsConfig:
+        for name in ("subset_seeds", "seeds"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} must be distinct, got {values}")
+        return self
+
+
+class TrackingConfig(_Strict):
+    experiment: Annotated[str, Field(min_length=1)]
+    ui_base_url: str | None = None
+
+
+class Params(_Strict):
+    data: DataConfig
+    protocol: ProtocolConfig
+    seeds: Seeds  # every cell's seeds, unless the cell carries its own
+    draws: DrawsConfig
+    tracking: TrackingConfig
+    cells: Annotated[dict[str, CellConfig], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _ids_and_seeds(self) -> Params:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        for key, cell in self.cells.items():
+            if key != cell.cell_id():
+                raise ValueError(
+                    f"cells.{key}: the cell id disagrees with its fields, which "
+                    f"make the id {cell.cell_id()!r}"
+                )
+        for key, cell in self.cells.items():
+            seeds = cell.seeds if cell.seeds is not None else self.seeds
+            further = cell.draws and self.draws.subset_seeds
+            if further and not set(self.draws.seeds) <= set(seeds):
+                raise ValueError(f"cells.{key}: draws.seeds {self.draws.seeds} must be among the "
+                                 f"cell's seeds {seeds}, so that the main draw has the same runs "
+                                 "as each further draw")
+        if self.data.subset_seed in self.draws.subset_seeds:
+            raise ValueError(f"draws.subset_seeds must not repeat data.subset_seed "
+                             f"({self.data.subset_seed}), the main draw; got {self.draws.subset_seeds}")
+        return self
+
+    def seeds_of(self, cell_id: str) -> list[int]:
+        cell = self.cell(cell_id)
+        return list(cell.seeds) if cell.seeds is not None else list(self.seeds)
+
+    def members_of(self, cell_id: str) -> list[tuple[int, int]]:
+        """(data.subset_seed, seed) of every run of a cell: the main draw's seeds first."""
+        main = [(self.data.subset_seed, seed) for seed in self.seeds_of(cell_id)]
+        if not self.cell(cell_id).draws:
+            return main
+        return main + [(draw, seed) for draw in self.draws.subset_seeds for seed in self.draws.seeds]
+
+    def subset_seeds(self) -> list[int]:
+        """Every draw the data stages prepare: the main one first."""
+        return [self.data.subset_seed, *self.draws.subset_seeds]
+
+    def cell(self, cell_id: str) -> CellConfig:
+        if cell_id not in self.cells:
+            raise ConfigError(f"unknown cell {cell_id!r}; params.yaml defines {sorted(self.cells)}")
+        return self.cells[cell_id]
+
+
+# libyaml's parser where PyYAML was built with it: 10x faster than the pure-Python one,
+# and each train stage parses params.yaml and dvc.yaml
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _UniqueKeyLoader(SAFE_LOADER):
+    """YAML that refuses a key given twice (PyYAML silently keeps the last one)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
+)
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def _hint(value: object) -> str:
+    """YAML 1.1 reads 1e-3 (no dot) as a string: say so when a number was meant."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return "; YAML reads this as text: write a number without quotes, e.g. 1.0e-3 rather than 1e-3"
+    return ""
+
+
+def _describe(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for item in error.errors():
+        where = _field_path(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            lines.append(f"  {where}: missing (this field is required)")
+        elif item["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key (not a field of this section)")
+        elif not item["loc"]:
+            lines.append(f"  {message}")
+        else:
+            got = repr(item.get("input"))
+            got = got if len(got) <= 120 else got[:117] + "..."
+            lines.append(f"  {where}: {message} (got {got}){_hint(item.get('input'))}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: object, source: Path) -> Params:
+    if raw is None:
+        raise ConfigError(f"{source}: the file is empty; expected the sections data, protocol, seeds, "
+                          "draws, tracking and cells")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_describe(source, error)) from None
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the parameters file ({error.strerror})") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return parse_params(raw, path)

@@ -1,0 +1,340 @@
+"""What the runs say, computed from the records: each run's outcome mode, each cell's
+summary (within a mode only), comparisons with intervals, and the published single runs
+judged against a prediction interval that includes the draw-to-draw variance.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from misfit.core.config import Params
+from misfit.core.files import json_float
+from misfit.core.layout import EVALUATIONS_DIR, RECORDS_DIR
+from misfit.core.record import load_joined
+from misfit.core.tasks import STROKES
+from misfit.report.intervals import (
+    Difference,
+    PredictionInterval,
+    holm,
+    prediction_interval,
+    welch_difference,
+    wilson,
+)
+from misfit.report.modes import (
+    CONSTANT,
+    DEAD_RELU,
+    LEARNED,
+    Outcome,
+    TaskContext,
+    classify,
+    mode_counts,
+)
+
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Baseline:
+    value: float  # what the best constant answer scores on the test set
+    text: str  # what that answer is, in words
+
+
+def baselines(label_summary: dict) -> dict[str, Baseline]:
+    """The best constant answer's test score per task, from data/label_summary.json.
+
+    Regression: always predicting the train mean (what a model that learned nothing but
+    the mean does), so its MSE is the test variance plus the squared shift of the means.
+    """
+    test, train = label_summary["test"], label_summary["train"]
+    n = test["n"]
+    positive = test["probability"]["positive_share"]
+    shift = test["regression"]["mean"] - train["regression"]["mean"]
+    per_output = [max(p, 1 - p) for p in test["multilabel"]["positive_share_per_output"]]
+    return {
+        "regression": Baseline(test["regression"]["variance"] + shift ** 2,
+                               "always predicting the train mean"),
+        "probability": Baseline(max(positive, 1 - positive), "always answering the majority answer"),
+        "binary": Baseline(max(test["binary"]["class_counts"]) / n, "always answering the majority class"),
+        "multiclass": Baseline(max(test["multiclass"]["class_counts"]) / n,
+                               "always answering the most frequent digit"),
+        "multilabel": Baseline(sum(per_output) / len(per_output),
+                               "a constant answer per label, its majority"),
+    }
+
+
+def relu_clip_bound(label_summary: dict) -> float:
+    """The lowest test MSE a z-scored ReLU regressor can reach: its output cannot go below
+    z = 0, i.e. below the train mean, so at best it predicts the mean for every target under
+    the mean and every other target exactly."""
+    mean = label_summary["train"]["regression"]["mean"]
+    counts = label_summary["test"]["multiclass"]["class_counts"]
+    below = sum(n * (STROKES[d] - mean) ** 2 for d, n in enumerate(counts) if STROKES[d] < mean)
+    return below / sum(counts)
+
+
+def zero_mse(label_summary: dict) -> float:
+    """Test MSE of always predicting 0: what a dead raw-target ReLU scores."""
+    counts = label_summary["test"]["multiclass"]["class_counts"]
+    return sum(n * STROKES[d] ** 2 for d, n in enumerate(counts)) / sum(counts)
+
+
+def constant_answers(label_summary: dict, task: str) -> dict[str, float]:
+    """Test score of each constant answer of a classification task: {answer: accuracy}."""
+    test = label_summary["test"]
+    n = test["n"]
+    if task == "multiclass":
+        return {f"digit {d}": c / n for d, c in enumerate(test["multiclass"]["class_counts"])}
+    if task in ("binary", "probability"):
+        positive = test["probability"]["positive_share"]
+        return {"always 1 (curved)": positive, "always 0 (not curved)": 1 - positive}
+    return {}
+
+
+# -- runs and cells ---------------------------------------------------------------------
+
+@dataclass
+class Run:
+    seed: int
+    subset_seed: int
+    record: dict  # the entry of records/<cell>.json
+    outcome: Outcome
+
+    @property
+    def test(self) -> float | None:
+        value = json_float(self.record["test"])
+        return value if value is not None and math.isfinite(value) else None
+
+
+@dataclass
+class Cell:
+    cell_id: str
+    task: str
+    metric: str
+    activation: str
+    record: dict
+    runs: list[Run]  # the main draw's
+    draw_runs: list[Run]  # every run on a further draw
+    comparisons: dict = field(default_factory=dict)  # study -> comparison dict
+
+    @property
+    def modes(self) -> dict[str, int]:
+        return mode_counts([r.outcome for r in self.runs])
+
+    @property
+    def by_mode(self) -> dict[str, list[Run]]:
+        """The main draw's runs grouped by outcome mode, in modes.MODES order."""
+        return {mode: [r for r in self.runs if r.outcome.mode == mode] for mode in self.modes}
+
+    @property
+    def single_mode(self) -> str | None:
+        modes = self.modes
+        return next(iter(modes)) if len(modes) == 1 else None
+
+    def values(self, mode: str | None = None) -> list[float]:
+        return [r.test for r in self.runs if r.test is not None and (mode is None or r.outcome.mode == mode)]
+
+    @property
+    def learns(self) -> bool:
+        return self.single_mode == LEARNED and len(self.values()) >= 2
+
+
+def task_context(task: str, activation: str, label_summary: dict) -> TaskContext:
+    return TaskContext(task, activation, label_summary["train"]["regression"]["mean"],
+                       baselines(label_summary)[task].value)
+
+
+def load_cell(cell_id: str, record: dict, main_subset_seed: int, label_summary: dict) -> Cell:
+    context = task_context(record["task"], record["cell"]["activation"], label_summary)
+    runs = [Run(r["seed"], r["subset_seed"], r, classify(r, context)) for r in record["runs"]]
+    return Cell(cell_id, record["task"], record["metric"], record["cell"]["activation"], record,
+                [r for r in runs if r.subset_seed == main_subset_seed],
+                [r for r in runs if r.subset_seed != main_subset_seed])
+
+
+def load_cells(root: Path, params: Params, label_summary: dict) -> dict[str, Cell]:
+    """Every cell of params.yaml from records/<cell>.json, its runs sorted into modes."""
+    cells = {}
+    for cell_id in params.cells:
+        path = root / RECORDS_DIR / f"{cell_id}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing; run train@{cell_id} first (dvc repro)")
+        record = load_joined(root / RECORDS_DIR, root / EVALUATIONS_DIR, cell_id)
+        cells[cell_id] = load_cell(cell_id, record, params.data.subset_seed, label_summary)
+    return cells
+
+
+def mode_summary(values: list[float]) -> dict:
+    summary = {"n": len(values)}
+    if values:
+        summary.update(median=statistics.median(values), min=min(values), max=max(values))
+    return summary
+
+
+def cell_summary(cell: Cell) -> dict:
+    """Per mode: n, median, range; mean, sd and a t interval of the mean only when every
+    run of the main draw is in the one mode."""
+    per_mode = {mode: mode_summary(cell.values(mode)) for mode in cell.modes}
+    summary: dict = {"modes": cell.modes, "n": len(cell.runs), "per_mode": per_mode}
+    values = cell.values()
+    if cell.single_mode and len(values) == len(cell.runs) and values:
+        summary["mean"] = statistics.fmean(values)
+        if len(values) > 1:
+            from scipy import stats
+
+            sd = statistics.stdev(values)
+            half = float(stats.t.ppf(0.975, len(values) - 1)) * sd / math.sqrt(len(values))
+            summary.update(sd=sd, ci=[summary["mean"] - half, summary["mean"] + half])
+    return summary
+
+
+# -- comparisons ------------------------------------------------------------------------
+
+def compare_family(cells: list[Cell], reference: Cell | None) -> dict[str, dict]:
+    """Each cell of one (study, task) family against the recommended cell: a Welch interval
+    and a Holm-adjusted p over the family, where both cells' runs all learned; otherwise
+    the reason there is no test."""
+    found: dict[str, dict] = {}
+    tested: list[tuple[str, Difference]] = []
+    for cell in cells:
+        if reference is None or cell.cell_id == reference.cell_id:
+            continue
+        reason = _why_no_test(cell, reference)
+        if reason:
+            found[cell.cell_id] = {"reference": reference.cell_id, "test": None, "reason": reason}
+            continue
+        difference = welch_difference(cell.values(), reference.values())
+        if difference is None:
+            found[cell.cell_id] = {"reference": reference.cell_id, "test": None,
+                                   "reason": "no spread in either cell: the values are "
+                                             f"{cell.values()[0]} and {reference.values()[0]}"}
+            continue
+        tested.append((cell.cell_id, difference))
+    for (cell_id, difference), adjusted in zip(tested, holm([d.p_value for _, d in tested])):
+        found[cell_id] = {"reference": reference.cell_id, "test": "welch", "estimate": difference.estimate,
+                          "ci": [difference.low, difference.high], "p": difference.p_value,
+                          "p_holm": adjusted, "family_size": len(tested), "n": list(difference.n),
+                          "detected": adjusted < ALPHA}
+    return found
+
+
+def _why_no_test(cell: Cell, reference: Cell) -> str | None:
+    for which in (cell, reference):
+        if not which.learns:
+            return (f"`{which.cell_id}`'s runs are not all `learned` ({format_modes(which.modes)}): "
+                    "a mean over them is no run's value")
+    return None
+
+
+def format_modes(modes: dict[str, int]) -> str:
+    total = sum(modes.values())
+    return ", ".join(f"{n}/{total} {mode}" for mode, n in modes.items())
+
+
+# -- published single runs --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Published:
+    source: str  # "seed 000" or "author (S1, completed)"
+    valid: float  # in the metric's units (accuracy as a share)
+    test: float
+    digits: int  # decimals the source printed, in the units it printed
+
+
+def judge_published(cell: Cell, published: Published, draw_seeds: list[int], label_summary: dict) -> dict:
+    """The published test value against one new run on a new draw.
+
+    The runs: the main draw's `draw_seeds` and every further draw. All learned: a
+    prediction interval. Otherwise: the modes, and which mode (which constant) the
+    published value matches.
+    """
+    pool = [r for r in cell.runs if r.seed in draw_seeds] + cell.draw_runs
+    modes = mode_counts([r.outcome for r in pool])
+    tolerance = 0.5 * 10 ** -published.digits * (0.01 if cell.metric == "accuracy" else 1)
+    judged = {"source": published.source, "valid": published.valid, "test": published.test,
+              "runs": len(pool), "draws": len({r.subset_seed for r in pool}), "modes": modes,
+              "values": [[r.subset_seed, r.seed, r.outcome.mode, r.test] for r in pool]}
+    if len(modes) == 1 and LEARNED in modes:
+        groups = {}
+        for run in pool:
+            groups.setdefault(run.subset_seed, []).append(run.test)
+        interval = prediction_interval(list(groups.values()))
+        if interval is not None:
+            inside = interval.low - tolerance <= published.test <= interval.high + tolerance
+            judged.update(interval=_interval_dict(interval), inside=inside,
+                          explanation=None if inside else _outside_learned(cell, pool, published, interval))
+            return judged
+    judged.update(interval=None, **_judge_by_mode(cell, pool, published, tolerance, label_summary))
+    return judged
+
+
+def _interval_dict(interval: PredictionInterval) -> dict:
+    return {"mean": interval.mean, "low": interval.low, "high": interval.high, "sd_draw": interval.sd_draw,
+            "sd_seed": interval.sd_seed, "draws": interval.draws, "per_draw": interval.per_draw}
+
+
+def _outside_learned(cell: Cell, pool: list[Run], published: Published, interval: PredictionInterval) -> str:
+    values = [r.test for r in pool]
+    beyond = sum(v >= published.test for v in values) if published.test > interval.high else sum(
+        v <= published.test for v in values)
+    side = "above" if published.test > interval.high else "below"
+    gaps = [json_float(r.record["test"]) - json_float(r.record["valid_best"]) for r in pool]
+    ours_gap = statistics.median(gaps)
+    return (f"{side} the interval; {beyond} of our {len(values)} runs reach it. The source's test − valid "
+            f"gap is {_signed(published.test - published.valid, cell.metric)} against our median "
+            f"{_signed(ours_gap, cell.metric)}: a different split or checkpoint, or a lucky run")
+
+
+def _signed(value: float, metric: str) -> str:
+    return f"{value * 100:+.2f} points" if metric == "accuracy" else f"{value:+.4f}"
+
+
+def _judge_by_mode(cell: Cell, pool: list[Run], published: Published, tolerance: float,
+                   label_summary: dict) -> dict:
+    """Which of our modes the published value belongs to, if any."""
+    for mode in mode_counts([r.outcome for r in pool]):
+        values = [r.test for r in pool if r.outcome.mode == mode and r.test is not None]
+        if values and min(values) - tolerance <= published.test <= max(values) + tolerance:
+            share = wilson(len([r for r in pool if r.outcome.mode == mode]), len(pool))
+            return {"inside": True, "matches_mode": mode,
+                    "explanation": f"a `{mode}` run: inside the range of our {len(values)} {mode} runs "
+                                   f"({_fmt(min(values), cell.metric)}–{_fmt(max(values), cell.metric)}); "
+                                   f"{share.successes}/{share.n} of our runs end that way "
+                                   f"(95% CI {share.low:.0%}–{share.high:.0%})"}
+    for answer, score in constant_answers(label_summary, cell.task).items():
+        if abs(score - published.test) <= tolerance:
+            ours = sorted({r.outcome.detail for r in pool if r.outcome.mode == CONSTANT})
+            return {"inside": False, "matches_mode": CONSTANT,
+                    "explanation": f"the published value is the test share of {answer}: the same constant "
+                                   f"mode with another constant answer (ours: {', '.join(ours) or 'none'})"}
+    return {"inside": False, "matches_mode": None,
+            "explanation": f"no mode of ours comes near it ({format_modes(mode_counts([r.outcome for r in pool]))})"}
+
+
+def _fmt(value: float, metric: str) -> str:
+    return f"{value * 100:.2f}%" if metric == "accuracy" else f"{value:.4f}"
+
+
+# -- the ReLU lottery -------------------------------------------------------------------
+
+def relu_lottery(cell: Cell, label_summary: dict) -> dict:
+    """Survival (runs not dead) with a Wilson interval, how the dead died, and the survivors'
+    MSE next to what a clipped output can reach at best (z-scored) or what 0 scores (raw)."""
+    dead = [r for r in cell.runs if r.outcome.mode == DEAD_RELU]
+    alive = [r for r in cell.runs if r.outcome.mode != DEAD_RELU]
+    rate = wilson(len(alive), len(cell.runs))
+    found = {
+        "survival": {"alive": len(alive), "n": len(cell.runs), "ci": [rate.low, rate.high]},
+        "dead_at_init": sum(r.outcome.detail == "dead at initialisation" for r in dead),
+        "died_in_training": sum(r.outcome.detail.startswith("died") for r in dead),
+        "alive_modes": mode_counts([r.outcome for r in alive]),
+        "alive_test": mode_summary([r.test for r in alive if r.test is not None]),
+        "dead_test": mode_summary([r.test for r in dead if r.test is not None]),
+        "survivors": [r.seed for r in alive],
+    }
+    if cell.record["cell"]["variant"] == "zscore":
+        found["clip_bound"] = relu_clip_bound(label_summary)
+    else:
+        found["zero_mse"] = zero_mse(label_summary)
+    return found

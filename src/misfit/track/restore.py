@@ -1,0 +1,340 @@
+"""`misfit restore-runs`: a browsable MLflow store rebuilt from what git holds, no training.
+
+records/<cell>.json holds everything a cell's MLflow runs held except the checkpoints:
+the resolved parameters, the tags (commit, digests, code md5s, versions), every epoch of
+every run, the final and re-scored metrics, the data identity. This logs it again, one
+parent run per cell and one child run per training run, with MLflow's own client.
+
+MLflow gives every new run a new id (its API has no way to choose one), so each restored
+run carries its original id in the tag `misfit.original_run_id`, with `misfit.restored`
+= true and the commit its record was read at; `misfit audit <original id>` finds it.
+Runs already in the store (restored before, or the originals themselves) are skipped.
+A local SQLite store is written in memory-backed scratch space and copied into place at the
+end (see `staged`): faster, and a failed restore leaves the store as it was.
+
+Why not mlflow-export-import: it imports only its own export format (run.json written by
+its exporter from a live store); a clone has no store to export from, so we would write
+that format by hand from the records and still log everything through MLflow's client.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from misfit.audit.sources import Project, RecordError, git_out, record_path
+from misfit.audit.store import ORIGINAL_RUN_ID, RESTORED
+
+# MLflow's limits for one log_batch call
+MAX_ENTITIES_PER_BATCH = 1000  # metrics, params and tags together
+MAX_PARAMS_TAGS_PER_BATCH = 100
+SPLITS = ("train", "valid", "test")
+SCRATCH = Path("/dev/shm")  # memory-backed on Linux; elsewhere the default temp dir
+
+
+@dataclass
+class Restored:
+    uri: str
+    experiment_ids: set[str] = field(default_factory=set)
+    cells: int = 0
+    runs: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+def _number(value) -> float | None:
+    """A JSON metric (json_safe writes inf and nan as strings) as a float, or None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if value in ("inf", "-inf", "nan"):
+        return float(value)
+    return None
+
+
+def flat_params(record: dict) -> dict[str, str]:
+    """The parent's params as the train stage logs them: cell.*, protocol.*, data.* of the main
+    draw, seeds, draws.subset_seeds (str(value): MLflow keeps strings)."""
+    flat = {f"cell.{k}": v for k, v in record["cell"].items()}
+    flat.update({f"protocol.{k}": v for k, v in record["protocol"].items()})
+    flat.update({f"data.{k}": v for k, v in (record["data"].get("config") or {}).items()})
+    flat.update({"seeds": record["seeds"], "draws.subset_seeds": [int(d) for d in record.get("draws") or {}]})
+    return {key: str(value) for key, value in flat.items()}
+
+
+def main_draw(record: dict) -> int | None:
+    return (record["data"].get("config") or {}).get("subset_seed")
+
+
+def epoch_metrics(run: dict, metric: str, start_ms: int) -> list:
+    """What the train stage logs per epoch: `initial` at step 0, then each epoch at its number,
+    every numeric value, valid_metric named valid_<metric>. The records hold each epoch's
+    duration, not its wall time: timestamps are the stage's start plus the epochs' seconds."""
+    from mlflow.entities import Metric
+
+    found, clock = [], 0.0
+    for entry in [run.get("initial") or {}, *(run.get("history") or [])]:
+        if "epoch" not in entry:
+            continue
+        clock += float(_number(entry.get("seconds")) or 0.0)
+        stamp = int(start_ms + clock * 1000)
+        for key, value in entry.items():
+            number = _number(value)
+            if number is not None:
+                name = f"valid_{metric}" if key == "valid_metric" else key
+                found.append(Metric(name, number, stamp, int(entry["epoch"])))
+    return found
+
+
+def final_metrics(run: dict, metric: str, stamp: int) -> list:
+    from mlflow.entities import Metric
+
+    values = {f"best_valid_{metric}": run.get("valid_best"), f"test_{metric}": run.get("test"),
+              "best_epoch": run.get("best_epoch"), "epochs_run": run.get("epochs_run")}
+    return [Metric(k, _number(v), stamp, 0) for k, v in values.items() if _number(v) is not None]
+
+
+def parent_metrics(record: dict, stamp: int) -> list:
+    """The parent's summary as the train stage logs it, computed by metrics/<cell>.json's own function."""
+    from mlflow.entities import Metric
+
+    from misfit.evaluate.score import cell_metrics
+
+    runs, metric = record["runs"], record["metric"]
+    summary = cell_metrics(runs, main_draw(record))
+    values = {"n_runs": len(runs), "n_failed": sum(r["status"] != "ok" for r in runs)}
+    for key, name in (("test", f"test_{metric}"), ("valid_best", f"best_valid_{metric}")):
+        values.update({f"{name}_{stat}": summary[key][stat] for stat in ("median", "mean", "sd")
+                       if stat in summary[key]})
+    return [Metric(k, float(v), stamp, 0) for k, v in values.items()]
+
+
+def dataset_inputs(identity: dict, split_dir: Path) -> list:
+    """The splits as MLflow dataset inputs, identified by our SHA-256 as the train stage logs them."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for name in SPLITS:
+        split = (identity.get("splits") or {}).get(name)
+        if not split or not split.get("sha256"):
+            continue
+        dataset = Dataset(name=f"mnist-{name}", digest=split["sha256"][:36], source_type="local",
+                          source=json.dumps({"uri": str(split_dir / f"{name}.npz")}))
+        tags = {"mlflow.data.context": name, "sha256": split["sha256"], "n": str(split.get("n"))}
+        inputs.append(DatasetInput(dataset, tags=[InputTag(k, v) for k, v in tags.items()]))
+    return inputs
+
+
+def summary_text(record: dict) -> str:
+    """The torchinfo summary: from the record if it holds one, else computed (no training)."""
+    if record.get("model_summary"):
+        return record["model_summary"]
+    from misfit.core.config import CellConfig
+
+    cell = CellConfig.model_validate(record["cell"])
+    return _summary(cell.n_outputs, cell.model_activation)
+
+
+@functools.lru_cache(maxsize=None)
+def _summary(n_outputs: int, activation: str) -> str:
+    # 42 cells share a handful of (outputs, activation) pairs; torchinfo runs the model each time
+    from misfit.train.model import model_summary
+
+    return model_summary(n_outputs, activation)
+
+
+class Restorer:
+    def __init__(self, project: Project, uri: str):
+        self.project, self.uri = project, uri
+        self.head = git_out(project.root, "rev-parse", "HEAD") or "unknown"
+        self.done = Restored(uri)
+        self._experiments: dict[str, tuple] = {}
+        self._known: dict[str, set[str]] = {}
+
+    def experiment(self, name: str) -> tuple:
+        """(client, experiment id), the experiment created as the train stage creates it."""
+        from mlflow import MlflowClient
+
+        from misfit.track.runs import STORE_DIR
+
+        if name not in self._experiments:
+            client = MlflowClient(self.uri)
+            found = client.get_experiment_by_name(name)
+            local = self.uri.startswith("sqlite:")  # artifacts beside the store, as open_experiment puts them
+            artifacts = (self.project.root / STORE_DIR / "artifacts").resolve().as_uri() if local else None
+            experiment_id = found.experiment_id if found else client.create_experiment(name, artifacts)
+            known = set()
+            for run in client.search_runs([experiment_id], max_results=50000):
+                known.update((run.info.run_id, run.data.tags.get(ORIGINAL_RUN_ID, run.info.run_id)))
+            self._experiments[name] = (client, experiment_id)
+            self._known[experiment_id] = known
+            self.done.experiment_ids.add(experiment_id)
+        return self._experiments[name]
+
+    def start_ms(self, record: dict) -> int:
+        """When the stage started (the record's `started_ms`); for older records, as near as
+        git knows: its commit's time (else now)."""
+        if isinstance(record.get("started_ms"), int):
+            return record["started_ms"]
+        stamp = git_out(self.project.root, "show", "-s", "--format=%ct", record["tags"].get("git_commit", "HEAD"))
+        return int(stamp) * 1000 if stamp and stamp.isdigit() else int(time.time() * 1000)
+
+    def restore_cell(self, cell: str, record: dict) -> None:
+        client, experiment_id = self.experiment(record.get("experiment") or "misfit")
+        known = self._known[experiment_id]
+        if record["parent_run_id"] in known and all(r["run_id"] in known for r in record["runs"]):
+            self.done.skipped += 1 + len(record["runs"])
+            return
+        start = self.start_ms(record)
+        summary = summary_text(record)
+        common = {k: str(v) for k, v in record["tags"].items() if not k.startswith("mlflow.")}
+        common.update({RESTORED: "true", "misfit.restored_from": f"{record_path(cell)}@{self.head}"})
+        parent = self._create(client, experiment_id, cell, start, {
+            **common, "misfit.level": "cell", ORIGINAL_RUN_ID: record["parent_run_id"]})
+        params = flat_params(record)
+        self._log(client, parent, params=params, metrics=parent_metrics(record, start))
+        client.log_text(parent, summary, "model_summary.txt")
+        end = start
+        for run in record["runs"]:
+            end = max(end, self.restore_run(client, experiment_id, cell, record, run,
+                                            (parent, common, params, start, summary)))
+        failed = any(r["status"] != "ok" for r in record["runs"])
+        client.set_terminated(parent, status="FAILED" if failed else "FINISHED", end_time=end)
+        self.done.cells += 1
+        self.done.runs += 1 + len(record["runs"])
+
+    def restore_run(self, client, experiment_id: str, cell: str, record: dict, run: dict, shared: tuple) -> int:
+        """One child run, as the train stage names, tags and fills it; returns its end time."""
+        from misfit.core.layout import SPLIT_DIR
+        from misfit.data.split import draw_dir
+        from misfit.train.loop import Member
+        from misfit.train.stage import run_name
+
+        parent, common, params, start, summary = shared
+        main = main_draw(record)
+        draw = run.get("subset_seed", main)
+        identity = record["data"] if draw == main else (record.get("draws") or {}).get(str(draw), {})
+        tags = {**common, "misfit.level": "seed", "mlflow.parentRunId": parent, "seed": str(run["seed"]),
+                "subset_seed": str(draw), "config_digest": str(run.get("config_digest")),
+                "status": run["status"], "error": run.get("error") or "-", ORIGINAL_RUN_ID: run["run_id"]}
+        run_id = self._create(client, experiment_id, run_name(cell, Member(draw, run["seed"]), main), start, tags)
+        metrics = epoch_metrics(run, record["metric"], start)
+        end = max([m.timestamp for m in metrics], default=start)
+        metrics += final_metrics(run, record["metric"], end)
+        self._log(client, run_id, params={**params, "seed": str(run["seed"]), "data.subset_seed": str(draw)},
+                  metrics=metrics)
+        inputs = dataset_inputs(identity, draw_dir(SPLIT_DIR, draw, main))
+        if inputs:
+            client.log_inputs(run_id, datasets=inputs)
+        client.log_text(run_id, summary, "model_summary.txt")
+        client.set_terminated(run_id, status="FINISHED" if run["status"] == "ok" else "FAILED", end_time=end)
+        return end
+
+    def _create(self, client, experiment_id: str, name: str, start: int, tags: dict) -> str:
+        # tags beyond MLflow's 8,000-character value limit would fail the whole batch
+        return client.create_run(experiment_id, start_time=start, run_name=name,
+                                 tags={k: v[:8000] for k, v in tags.items()}).info.run_id
+
+    def _log(self, client, run_id: str, params: dict, metrics: list) -> None:
+        """Params and metrics in as few log_batch calls as MLflow's limits allow (each call is a
+        database transaction: most of a restore's time)."""
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        while items or metrics:
+            head, items = items[:MAX_PARAMS_TAGS_PER_BATCH], items[MAX_PARAMS_TAGS_PER_BATCH:]
+            room = MAX_ENTITIES_PER_BATCH - len(head)
+            batch, metrics = metrics[:room], metrics[room:]
+            client.log_batch(run_id, params=head, metrics=batch)
+
+
+def restore_runs(root: Path, cells: list[str] | None = None) -> Restored:
+    project = Project(Path(root))
+    records = project.records
+    if not records:
+        raise RecordError(f"{project.root / 'records'}: no records/*.json to restore from "
+                          "(they are committed by the train stage; git pull, or dvc repro)")
+    unknown = sorted(set(cells or []) - set(records))
+    if unknown:
+        raise RecordError(f"no records/<cell>.json for {', '.join(unknown)}")
+    from misfit.track.runs import tracking_uri
+
+    uri = tracking_uri(project.root)
+    started = time.perf_counter()
+    with staged(uri) as working_uri:
+        restorer = Restorer(project, working_uri)
+        for cell in cells or sorted(records):
+            restorer.restore_cell(cell, records[cell])
+    restorer.done.uri = uri
+    restorer.done.seconds = time.perf_counter() - started
+    return restorer.done
+
+
+@contextlib.contextmanager
+def staged(uri: str) -> Iterator[str]:
+    """For a local SQLite store: a copy in memory-backed scratch space to write into, copied
+    back over the store only when the restore succeeded.
+
+    Every MLflow call is a SQLite transaction, and each commit waits for the disk (fsync:
+    ~10 ms here, half a restore's time); on tmpfs it does not. A failed restore leaves the
+    store as it was. A server's URI is used as it is.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield uri
+        return
+    final = Path(uri.removeprefix("sqlite:///"))
+    scratch = Path(tempfile.mkdtemp(prefix="misfit-restore-", dir=SCRATCH if SCRATCH.is_dir() else None))
+    try:
+        working = scratch / final.name
+        if final.exists():
+            _copy_sqlite(final, working)
+        yield f"sqlite:///{working}"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        incoming = final.with_name(f".{final.name}.restoring")
+        _copy_sqlite(working, incoming)
+        os.replace(incoming, final)  # readers see the old store or the new one, never half of it
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _copy_sqlite(source: Path, target: Path) -> None:
+    """SQLite's own online backup: a consistent copy whatever the journal mode."""
+    target.unlink(missing_ok=True)
+    with contextlib.closing(sqlite3.connect(source)) as src, contextlib.closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+
+
+def register(commands) -> None:
+    parser = commands.add_parser("restore-runs", help="rebuild a browsable MLflow store from records/ in git",
+                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cells", nargs="*", help="only these cells (default: every records/*.json)")
+    parser.add_argument("-C", "--root", type=Path, default=Path("."), help="project root (default: .)")
+    parser.set_defaults(handler=main)
+
+
+def report(done: Restored) -> str:
+    return (f"restored {done.runs} runs of {done.cells} cells into {done.uri} in {done.seconds:.1f} s"
+            + (f"; {done.skipped} runs were already there" if done.skipped else "")
+            + "\n  each is tagged misfit.restored=true and misfit.original_run_id=<the id in the report>; "
+              "browse them with: misfit ui")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        done = restore_runs(args.root, args.cells)
+    except RecordError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(report(done))
+    return 0

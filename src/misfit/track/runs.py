@@ -1,0 +1,396 @@
+"""MLflow: where the runs go, and what each run records.
+
+One parent run per cell and train stage, one child run per seed. The store is
+`sqlite:///mlruns/mlflow.db` with artifacts under `mlruns/artifacts`, unless
+MLFLOW_TRACKING_URI names another (a shared server, say).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+from misfit.core.errors import TrackingStoreError
+
+
+def set_env_defaults() -> None:
+    """MLflow settings of ours, unless the environment gives its own."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # these machines have no internet
+    # MLflow's defaults retry an unanswered request 7 times with backoff (minutes of silence);
+    # a server that goes away mid-run should end the stage within seconds, not minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    # Without buffering, MLflow's async logging thread waits on its queue in 1 s polls, and
+    # closing a run (which stops that thread) waited out the poll: ~1 s per stage. With it
+    # the thread sleeps on an event that closing sets.
+    os.environ.setdefault("MLFLOW_ASYNC_LOGGING_BUFFERING_SECONDS", "1")
+
+
+set_env_defaults()
+
+STORE_DIR = "mlruns"
+TIMEOUT_ENV = "MISFIT_TRACKING_TIMEOUT"  # seconds the pre-flight check waits for a server
+DEFAULT_TIMEOUT = 5.0
+SQLITE_HEADER = b"SQLite format 3\x00"
+MLFLOW_TABLES = {"experiments", "runs", "alembic_version"}
+HOST_TAG, PID_TAG, WORKER_PID_TAG = "misfit.host", "misfit.pid", "misfit.worker_pid"
+STAGE_PID_ENV = "MISFIT_STAGE_PID"  # set by misfit.run.warm in a child forked for a stage
+
+
+def tracking_uri(root: Path) -> str:
+    explicit = os.environ.get("MLFLOW_TRACKING_URI")
+    if explicit:
+        return explicit
+    return f"sqlite:///{(root / STORE_DIR / 'mlflow.db').resolve()}"
+
+
+def check_timeout() -> float:
+    text = os.environ.get(TIMEOUT_ENV, str(DEFAULT_TIMEOUT))
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise TrackingStoreError(f"{TIMEOUT_ENV}={text!r}: expected a positive number of seconds")
+    return value
+
+
+def check_store(uri: str, timeout: float) -> None:
+    """Fail in seconds, before anything is trained or written, if the store is unusable."""
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri, timeout)
+    elif uri.startswith("sqlite:///"):
+        _check_sqlite(Path(uri.removeprefix("sqlite:///")))
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    import urllib.error
+    import urllib.request
+
+    health = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(health, timeout=timeout) as answer:
+            body = answer.read(64)
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise TrackingStoreError(
+            f"MLFLOW_TRACKING_URI={uri}: no MLflow tracking server answered {health} within "
+            f"{timeout:g} s ({reason}). Start `mlflow server` there, or unset MLFLOW_TRACKING_URI "
+            f"to use the local store {STORE_DIR}/mlflow.db ({TIMEOUT_ENV} sets the wait)") from None
+    if body.strip() != b"OK":
+        raise TrackingStoreError(f"MLFLOW_TRACKING_URI={uri}: {health} answered {body[:40]!r}, "
+                                 "expected 'OK' from an MLflow tracking server")
+
+
+def _check_sqlite(path: Path) -> None:
+    import sqlite3
+
+    if not path.exists() or path.stat().st_size == 0:
+        return  # MLflow creates the store
+    with open(path, "rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    hint = (f"move it away (a new store is made on the next run) or point MLFLOW_TRACKING_URI "
+            "at an MLflow store")
+    if header != SQLITE_HEADER:
+        raise TrackingStoreError(f"{path}: not an SQLite database, so not an MLflow tracking store; {hint}")
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+            tables = {row[0] for row in db.execute("select name from sqlite_master where type='table'")}
+    except sqlite3.Error as error:
+        raise TrackingStoreError(f"{path}: cannot read it as an SQLite database ({error}); {hint}") from None
+    if tables and not MLFLOW_TABLES <= tables:
+        raise TrackingStoreError(f"{path}: an SQLite database without MLflow's tables "
+                                 f"(missing {sorted(MLFLOW_TABLES - tables)}); {hint}")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_experiment(root: Path, experiment: str):
+    """(client, experiment id), creating the store's schema and the experiment once.
+
+    A fresh SQLite store is created under a file lock: concurrent first use of one
+    database breaks MLflow's schema migrations.
+    """
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(root)
+    local = uri.startswith("sqlite:")
+    lock = root / STORE_DIR / ".init.lock" if local else None
+    with _file_lock(lock) if lock else contextlib.nullcontext():
+        client = MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return client, found.experiment_id
+        artifacts = (root / STORE_DIR / "artifacts").resolve().as_uri() if local else None
+        try:
+            return client, client.create_experiment(experiment, artifact_location=artifacts)
+        except Exception:  # another worker created it between our look and our create
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+            return client, found.experiment_id
+
+
+def stage_pid() -> int:
+    """The pid of the stage's process: DVC's child, which a warm worker's child works for."""
+    return int(os.environ.get(STAGE_PID_ENV) or os.getpid())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_dead_runs_killed(client, experiment_id: str) -> list[str]:
+    """Runs left RUNNING by a process of this host that no longer exists become KILLED."""
+    host = socket.gethostname()
+    stale = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+        max_results=5000,
+    )
+    killed = []
+    for run in stale:
+        pid = run.data.tags.get(PID_TAG, "")
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            client.set_tag(run.info.run_id, "misfit.error", f"process {pid} died before closing the run")
+            client.set_terminated(run.info.run_id, status="KILLED")
+            killed.append(run.info.run_id)
+    return killed
+
+
+def _stringify(params: dict) -> list:
+    from mlflow.entities import Param
+
+    return [Param(key, str(value)) for key, value in params.items()]
+
+
+# How the stores word a violated unique constraint: SQLite, PostgreSQL, MySQL / MariaDB
+UNIQUE_VIOLATION = ("UNIQUE constraint failed", "violates unique constraint", "Duplicate entry")
+
+
+def retry_on_unique_violation(call, attempts: int = 5):
+    """`call()`, again when the store refuses it for a unique constraint another writer won.
+
+    MLflow's store logs a dataset by looking it up by (experiment, name, digest) and
+    inserting it when missing, with no lock between the two, so two stages logging the same
+    split at once both insert and one fails (mlflow/store/tracking/sqlalchemy_store.py,
+    `_log_inputs_impl`). Its transaction is rolled back, and a second try finds the row the
+    other stage wrote and links to it.
+    """
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except MlflowException as error:
+            if attempt == attempts - 1 or not any(text in error.message for text in UNIQUE_VIOLATION):
+                raise
+            time.sleep(0.05 * (attempt + 1) * (1 + random.random()))
+
+
+class CellRuns:
+    """The MLflow records of one train stage of one cell: a parent run and a child per run.
+
+    Children are keyed by whatever the caller uses to name a run (here a Member); `None`
+    is the parent. Per-epoch metrics are logged asynchronously: MLflow writes them from its
+    own thread while training goes on, and `close` waits for them.
+    """
+
+    def __init__(self, client, experiment_id: str, cell_id: str, children: dict,
+                 tags: dict[str, str], params: dict):
+        """children: {key: (run name, its own tags, its own params)}."""
+        self.client = client
+        process = {HOST_TAG: socket.gethostname(), PID_TAG: str(stage_pid())}
+        if stage_pid() != os.getpid():
+            process[WORKER_PID_TAG] = str(os.getpid())
+        parent = client.create_run(experiment_id, run_name=cell_id,
+                                   tags={**tags, **process, "misfit.level": "cell"})
+        self.parent_id = parent.info.run_id
+        client.log_batch(self.parent_id, params=_stringify(params))
+        self.child_ids: dict = {}
+        for key, (name, own_tags, own_params) in children.items():
+            child = client.create_run(
+                experiment_id, run_name=name,
+                tags={**tags, **own_tags, **process, "misfit.level": "seed",
+                      "mlflow.parentRunId": self.parent_id},
+            )
+            self.child_ids[key] = child.info.run_id
+            client.log_batch(child.info.run_id, params=_stringify({**params, **own_params}))
+        self.open = {self.parent_id, *self.child_ids.values()}
+        self.pending: list = []
+        # a stop signal's closing thread and the main thread's failure path can both close
+        # the runs at once; the first to start names their status, the other finds none open
+        self._closing = threading.Lock()
+
+    def run_id(self, key) -> str:
+        return self.parent_id if key is None else self.child_ids[key]
+
+    def log_inputs(self, key, datasets: list[tuple[object, dict[str, str]]]) -> None:
+        """Datasets (an mlflow Dataset, its input tags) on one child's run."""
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = [DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(k, v) for k, v in tags.items()])
+                  for dataset, tags in datasets]
+        retry_on_unique_violation(lambda: self.client.log_inputs(self.run_id(key), datasets=inputs))
+
+    def log_metrics(self, key, values: dict[str, float], step: int = 0, wait: bool = True) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(name, float(value), now, step) for name, value in values.items()
+                   if isinstance(value, (int, float)) and not isinstance(value, bool)]
+        if wait:
+            self.client.log_batch(self.run_id(key), metrics=metrics)
+        else:
+            self.pending.append(self.client.log_batch(self.run_id(key), metrics=metrics, synchronous=False))
+
+    def log_text(self, key, text: str, name: str) -> None:
+        self.client.log_text(self.run_id(key), text, name)
+
+    def log_file(self, key, path: Path) -> None:
+        self.client.log_artifact(self.run_id(key), str(path))
+
+    def set_tags(self, key, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id(key), tags=[RunTag(k, str(v)[:8000]) for k, v in tags.items()])
+
+    def wait_for_metrics(self) -> None:
+        pending, self.pending = self.pending, []
+        for operations in pending:
+            operations.wait()
+
+    def close(self, key, status: str) -> None:
+        run_id = self.run_id(key)
+        with self._closing:
+            if run_id in self.open:
+                # set_terminated first: it stops MLflow's logging thread, which then writes what
+                # is queued at once; waiting on the queued writes first waited out its buffering
+                self.client.set_terminated(run_id, status=status)
+                self.wait_for_metrics()  # done by now; raises a write's error
+                self.open.discard(run_id)
+
+    def close_all(self, status: str) -> None:
+        with self._closing:
+            try:
+                self.wait_for_metrics()
+            except Exception:  # closing must not stop at a failed write: the runs are ending anyway
+                pass
+            for run_id in list(self.open):
+                self.client.set_terminated(run_id, status=status)
+                self.open.discard(run_id)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def killed_on_signal(runs_holder: list, grace: float = 30.0) -> Iterator[None]:
+    """On SIGTERM/SIGINT, close the open runs as KILLED, then end the process (128 + signal).
+
+    The handler only wakes a thread that does the closing. Closing in the handler itself
+    stalled when the signal landed inside an MLflow write: the handler's write waited
+    for the SQLite lock held by the very transaction it had interrupted (20 s busy
+    timeout, then the runs ended FAILED or stayed RUNNING). Raising from the handler
+    instead is not reliable either: a handler that runs inside a weakref callback or a
+    __del__ (SQLAlchemy has both) has its exception swallowed, and training went on.
+    The main thread keeps running, so it finishes its write, and the thread gets the lock.
+    If closing takes longer than `grace` seconds (an unreachable server), the process
+    ends anyway; the runs left RUNNING are found by mark_dead_runs_killed later.
+    """
+    received: list[int] = []
+    wake = threading.Event()
+
+    def close_runs() -> None:
+        for runs in runs_holder:
+            runs.close_all("KILLED")
+
+    def close_and_exit() -> None:
+        wake.wait()
+        if not received:  # the block ended normally
+            return
+        closing = threading.Thread(target=close_runs, name="misfit-close-runs", daemon=True)
+        closing.start()
+        closing.join(grace)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + received[0])
+
+    def handler(signum, frame):
+        if received:  # a second signal: the first handler may be inside wake.set(), holding its lock
+            return
+        received.append(signum)
+        wake.set()
+
+    closer = threading.Thread(target=close_and_exit, name="misfit-killed-on-signal", daemon=True)
+    closer.start()
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        wake.set()
+        closer.join()  # returns at once, unless a signal came: then the process ends there
+
+
+class EvaluationLog:
+    """What the evaluate stage adds to the runs train@<cell> created (and closed): each run's
+    test and re-scored valid numbers, its calibration, the test dataset, its checkpoint.
+
+    A run the store does not hold (the train stage's outputs came from DVC's run-cache or a
+    remote, its runs from another store) is passed over and named: `misfit restore-runs`
+    brings such runs back from the records."""
+
+    def __init__(self, client):
+        from mlflow.exceptions import MlflowException
+
+        self.client, self.absent = client, []
+        self._missing = MlflowException
+
+    def _has(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+        except self._missing:
+            self.absent.append(run_id)
+            return False
+        return True
+
+    def log(self, run_id: str, metrics: dict[str, float], tags: dict[str, str], files: list[Path],
+            datasets: list[tuple[object, dict[str, str]]]) -> None:
+        from mlflow.entities import DatasetInput, InputTag, Metric, RunTag
+
+        if not self._has(run_id):
+            return
+        now = int(time.time() * 1000)
+        self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+                              tags=[RunTag(k, v) for k, v in tags.items()])
+        inputs = [DatasetInput(d._to_mlflow_entity(), tags=[InputTag(k, v) for k, v in t.items()])
+                  for d, t in datasets]
+        if inputs:
+            retry_on_unique_violation(lambda: self.client.log_inputs(run_id, datasets=inputs))
+        for path in files:
+            self.client.log_artifact(run_id, str(path))
