@@ -6,7 +6,7 @@ file, the field and what was expected.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -22,10 +22,60 @@ LossInput = Literal["output", "logits"]
 MNIST_TRAIN_SIZE = 60_000
 MNIST_TEST_SIZE = 10_000
 
+
+class Cap(NamedTuple):
+    """An upper bound of params.yaml: a value past it would exhaust the machine or the store
+    (issue 24: 10,000 seeds on one cell took 11 GB before the first epoch and left 6,533
+    runs RUNNING). `why` is printed with the refusal."""
+    value: int
+    why: str
+
+
+# The largest seed: torch accepts 0..2**64-1, but a seed is also an MLflow tag and param,
+# a numpy seed and a run-name field; 2**64 passed validation and then failed after the
+# runs were created ("Overflow when unpacking long long"). 2**31-1 fits a signed 32-bit
+# int, so every consumer reads it exactly.
+SEED_CAP = Cap(2**31 - 1, "a seed must fit a signed 32-bit integer (0..2**31-1), which torch, "
+                          "numpy and the MLflow store all take exactly")
+# Seeds of one cell: 24 is the largest today (the ReLU lottery cells); 100 gives a survival
+# rate an interval of +-10 points, and each seed is an MLflow run, a checkpoint and its
+# training state held in memory at once.
+SEEDS_CAP = Cap(100, "each seed is an MLflow run, a checkpoint and training state held in memory "
+                     "at once; 100 already gives a rate an interval of about +-10 points")
+# Further data draws: 4 today; each is a 5,000-image split written by the data stages
+# and a set of runs in every `draws: true` cell.
+DRAWS_CAP = Cap(16, "each further draw is a data split on disk and runs in every `draws: true` cell")
+# Runs of one train stage (a cell's seeds + draws.subset_seeds x draws.seeds): 32 today.
+# They train side by side in one process and are created in the store before the first
+# epoch, so this bounds the stage's memory and the runs a killed stage can leave behind.
+RUNS_CAP = Cap(128, "a train stage creates all its runs before the first epoch and trains them "
+                    "side by side in one process (memory, and the runs a killed stage leaves)")
+# Epochs: 200 today is a safety net that early stopping (patience) ends long before; each
+# epoch of each run is a row of metrics in the store and an entry in records/<cell>.json.
+EPOCHS_CAP = Cap(1000, "every epoch of every run is logged to the store and kept in records/<cell>.json; "
+                       "early stopping ends runs long before")
+# torch intra-op threads: more than there are cores only adds contention, and a huge
+# number makes torch start that many threads.
+THREADS_CAP = Cap(256, "more threads than cores only adds contention; torch starts each one")
+# Batch sizes: a batch larger than the data is the whole data; the cap keeps a typo from
+# asking for a tensor of billions of images.
+BATCH_CAP = Cap(MNIST_TRAIN_SIZE, "a batch cannot be larger than the 60,000 MNIST training images")
+
 PositiveInt = Annotated[int, Field(gt=0)]
-Seed = Annotated[int, Field(ge=0)]
-Seeds = Annotated[list[Seed], Field(min_length=1)]
+Seed = Annotated[int, Field(ge=0, le=SEED_CAP.value)]
+Seeds = Annotated[list[Seed], Field(min_length=1, max_length=SEEDS_CAP.value)]
+BatchSize = Annotated[int, Field(gt=0, le=BATCH_CAP.value)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+
+# how a cap's refusal is recognised in pydantic's errors: (error type, the bound) -> why
+_CAP_REASONS = {
+    ("less_than_equal", SEED_CAP.value): SEED_CAP.why,
+    ("too_long", SEEDS_CAP.value): SEEDS_CAP.why,
+    ("too_long", DRAWS_CAP.value): DRAWS_CAP.why,
+    ("less_than_equal", EPOCHS_CAP.value): EPOCHS_CAP.why,
+    ("less_than_equal", THREADS_CAP.value): THREADS_CAP.why,
+    ("less_than_equal", BATCH_CAP.value): BATCH_CAP.why,
+}
 
 
 class ConfigError(ValueError):
@@ -38,7 +88,7 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    subset_seed: Annotated[int, Field(ge=0)]
+    subset_seed: Seed
     n_train: PositiveInt
     n_valid: PositiveInt
     n_test: Annotated[int, Field(gt=0, le=MNIST_TEST_SIZE)]
@@ -56,14 +106,14 @@ class DataConfig(_Strict):
 class ProtocolConfig(_Strict):
     lr: PositiveFloat
     weight_decay: Annotated[float, Field(ge=0)]
-    batch_size: PositiveInt
-    patience: PositiveInt
-    max_epochs: PositiveInt
-    eval_batch_size: PositiveInt
+    batch_size: BatchSize
+    patience: Annotated[int, Field(gt=0, le=EPOCHS_CAP.value)]
+    max_epochs: Annotated[int, Field(gt=0, le=EPOCHS_CAP.value)]
+    eval_batch_size: BatchSize
     normalize_mean: float
     normalize_std: PositiveFloat
     device: Literal["auto", "cpu", "cuda"]
-    threads: Annotated[int, Field(ge=0)]  # 0: torch's default
+    threads: Annotated[int, Field(ge=0, le=THREADS_CAP.value)]  # 0: torch's default
 
 
 class CellConfig(_Strict):
@@ -119,7 +169,7 @@ class DrawsConfig(_Strict):
 
     They measure draw-to-draw variance: a published single run came from another draw.
     """
-    subset_seeds: list[Seed]  # [] : no further draws
+    subset_seeds: Annotated[list[Seed], Field(max_length=DRAWS_CAP.value)]  # [] : no further draws
     seeds: Seeds  # the seeds trained on each further draw (and compared on the main draw)
 
     @model_validator(mode="after")
@@ -161,6 +211,11 @@ class Params(_Strict):
                 raise ValueError(f"cells.{key}: draws.seeds {self.draws.seeds} must be among the "
                                  f"cell's seeds {seeds}, so that the main draw has the same runs "
                                  "as each further draw")
+            runs = len(self.members_of(key))
+            if runs > RUNS_CAP.value:
+                raise ValueError(f"cells.{key}: {runs} runs in one train stage (its seeds + "
+                                 "draws.subset_seeds x draws.seeds) exceed the cap of "
+                                 f"{RUNS_CAP.value}: {RUNS_CAP.why}")
         if self.data.subset_seed in self.draws.subset_seeds:
             raise ValueError(f"draws.subset_seeds must not repeat data.subset_seed "
                              f"({self.data.subset_seed}), the main draw; got {self.draws.subset_seeds}")
@@ -228,6 +283,20 @@ def _hint(value: object) -> str:
     return ""
 
 
+def _shown(value: object) -> str:
+    if isinstance(value, list) and len(value) > 10:  # 10,000 seeds: say how many, not which
+        return f"a list of {len(value)}"
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _cap_reason(item: dict) -> str:
+    """Why a cap exists, when the error is one of ours (see Cap)."""
+    bound = (item.get("ctx") or {}).get("le", (item.get("ctx") or {}).get("max_length"))
+    why = _CAP_REASONS.get((item["type"], bound))
+    return f"; the cap is {bound}: {why}" if why else ""
+
+
 def _describe(path: Path, error: ValidationError) -> str:
     lines = [f"{path}: invalid configuration"]
     for item in error.errors():
@@ -240,9 +309,8 @@ def _describe(path: Path, error: ValidationError) -> str:
         elif not item["loc"]:
             lines.append(f"  {message}")
         else:
-            got = repr(item.get("input"))
-            got = got if len(got) <= 120 else got[:117] + "..."
-            lines.append(f"  {where}: {message} (got {got}){_hint(item.get('input'))}")
+            lines.append(f"  {where}: {message} (got {_shown(item.get('input'))}){_hint(item.get('input'))}"
+                         f"{_cap_reason(item)}")
     return "\n".join(lines)
 
 
