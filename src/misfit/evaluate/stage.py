@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from misfit.core.committed import CommittedOutputs
 from misfit.core.config import load_params
 from misfit.core.errors import DataError
 from misfit.core.files import sha256_file, write_json_atomic, write_npz_atomic
@@ -56,6 +57,15 @@ def test_dataset(root: Path, manifest: dict, test) -> tuple[object, dict[str, st
 
 
 def evaluate_cell(cell_id: str, root: Path = Path(".")) -> None:
+    committed = CommittedOutputs(root, [EVALUATIONS_DIR / f"{cell_id}.json", METRICS_DIR / f"{cell_id}.json"])
+    try:
+        _evaluate(cell_id, root)
+    except BaseException:  # KeyboardInterrupt and SystemExit too: a stopped stage leaves the committed files
+        committed.restore()
+        raise
+
+
+def _evaluate(cell_id: str, root: Path) -> None:
     started, started_ms = time.perf_counter(), int(time.time() * 1000)
     params = load_params(root / PARAMS_FILE)
     cell = params.cell(cell_id)

@@ -10,7 +10,9 @@ The stage reads no test image: evaluate@<cell> scores the checkpoints (misfit.ev
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import statistics
 import time
 import warnings
@@ -18,7 +20,9 @@ from pathlib import Path
 
 import torch
 
+from misfit.core.committed import CommittedOutputs
 from misfit.core.config import CellConfig, Params, load_params
+from misfit.core.errors import DataError
 from misfit.core.files import atomic_dir, sha256_file
 from misfit.core.layout import MODELS_DIR, PARAMS_FILE, RECORDS_DIR, SPLIT_DIR
 from misfit.core.provenance import cell_digest, check_stage_inputs, config_digest, data_identity, git_state, versions
@@ -166,10 +170,47 @@ class Phases:
         self.last = now
 
 
+RETRAIN_ENV = "MISFIT_RETRAIN"
+
+
+def refuse_an_accidental_retrain(stage: CellStage, committed: CommittedOutputs) -> None:
+    """Stop if the committed record already holds this cell's runs for exactly this code,
+    data and params: training is deterministic, so it would only make them again, for
+    hours. What such a stage lacks is its checkpoints, which the DVC remote holds."""
+    path = RECORDS_DIR / f"{stage.cell_id}.json"
+    text = committed.committed.get(path)
+    if text is None or os.environ.get(RETRAIN_ENV) == "1":
+        return
+    try:
+        record = TrainRecord.model_validate(json.loads(text))
+    except (ValueError, TypeError):
+        return  # a record of other code: retraining is what is needed
+    ran = {key.removeprefix("dep.md5."): md5 for key, md5 in record.tags.items() if key.startswith("dep.md5.")}
+    if (record.cell_digest, record.seeds, record.experiment, ran, [(r.subset_seed, r.seed) for r in record.runs]) == (
+            stage.digest, stage.params.seeds_of(stage.cell_id), stage.params.tracking.experiment, stage.code_md5,
+            [(m.subset_seed, m.seed) for m in stage.members]):
+        committed.restore()
+        raise DataError(f"{path} (committed) already holds train@{stage.cell_id}'s runs for exactly this code, "
+                        "data and params, so training again would only repeat them; its checkpoints are what is "
+                        f"missing here: `dvc pull train@{stage.cell_id}` (or `dvc repro --pull`) fetches them. "
+                        f"To train it again anyway: {RETRAIN_ENV}=1 dvc repro ...")
+
+
 def train_cell(cell_id: str, root: Path = Path(".")) -> Path:
     started, started_ms = time.perf_counter(), int(time.time() * 1000)
     phases = Phases(started)
-    stage = CellStage(cell_id, root)
+    committed = CommittedOutputs(root, [RECORDS_DIR / f"{cell_id}.json"])
+    try:
+        stage = CellStage(cell_id, root)
+        refuse_an_accidental_retrain(stage, committed)
+        return _train(stage, committed, phases, (started, started_ms))
+    except BaseException:
+        committed.restore()
+        raise
+
+
+def _train(stage: CellStage, committed: CommittedOutputs, phases: Phases, started: tuple[float, int]) -> Path:
+    cell_id, root = stage.cell_id, stage.root
     phases.done("params_data_check")
     tags = {**run_tags(cell_id, stage.cell, root, stage.device, stage.digest, stage.code_md5),
             "data_sha256": stage.manifests[stage.main]["dataset_sha256"]}
@@ -179,14 +220,14 @@ def train_cell(cell_id: str, root: Path = Path(".")) -> Path:
 
     from misfit.track.runs import killed_on_signal
 
-    with killed_on_signal([runs]):
+    with killed_on_signal([runs, committed]):
         try:
             log_run_inputs(stage, runs)
             phases.done("tracking_summary_and_inputs")
             trainer = CellTrainer(stage.cell, stage.params.protocol, stage.members, stage.draws, stage.device)
             outcomes = trainer.run(lambda epoch, outcomes: log_epoch(stage, runs, epoch, outcomes))
             phases.done("training")
-            return write_outputs(stage, runs, outcomes, tags, (started, started_ms), phases)
+            return write_outputs(stage, runs, outcomes, tags, started, phases)
         except BaseException:
             runs.close_all("FAILED")
             raise
