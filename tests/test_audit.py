@@ -445,3 +445,31 @@ def test_printed_commands_reproduce_the_number_in_a_fresh_clone(project, tmp_pat
     # the clone trained for real: new runs in its own store
     assert again["parent_run_id"] != rec["parent_run_id"]
     assert (clone / "mlruns" / "mlflow.db").is_file()
+
+
+# -- a broken record stops only the audits that need it (issue 24, item 6) ------------
+
+def test_a_truncated_record_stops_only_the_audits_of_its_cell(project, in_project):
+    from misfit.audit import AuditError
+
+    root, env = project
+    path = root / "records" / f"{OTHER}.json"
+    whole = path.read_text()
+    rec = record(root)
+    path.write_text(whole[: len(whole) // 2])
+    try:
+        # another cell, by cell id, run id and digest, in text and JSON: the broken record is not read
+        assert audit(in_project, CELL)["cell"] == CELL
+        assert audit(in_project, rec["runs"][0]["run_id"])["cell"] == CELL
+        assert audit(in_project, rec["cell_digest"][:10])["cell"] == CELL
+        done = cli(root, env, CELL, "--json", check=False)
+        assert done.returncode == 0 and json.loads(done.stdout)["cell"] == CELL, done.stderr
+        # the broken cell's own audit: one line naming the file
+        done = cli(root, env, OTHER, check=False)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert done.stderr.startswith(f"error: records/{OTHER}.json: not readable JSON"), done.stderr
+        # a search that finds nothing says which record it could not search
+        with pytest.raises(AuditError, match=f"not searched: records/{OTHER}.json"):
+            audit(in_project, "0" * 12)
+    finally:
+        path.write_text(whole)

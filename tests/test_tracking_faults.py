@@ -111,3 +111,45 @@ def test_a_store_file_that_is_not_an_mlflow_database_names_the_file(project, con
         assert_nothing_written(root)
     finally:
         store.unlink()
+
+
+def read_only_bind(directory) -> list[str]:
+    """A command prefix that runs the rest with `directory` bind-mounted read-only, in a mount
+    namespace of its own (nothing outside sees it). Root only: chmod does not stop root."""
+    script = f'mount --bind "{directory}" "{directory}" && mount -o remount,ro,bind "{directory}" && exec "$@"'
+    return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"]
+
+
+def test_a_read_only_store_directory_stops_the_stage_with_one_line(project):
+    root, env = project
+    store = root / "mlruns"
+    store.mkdir(exist_ok=True)
+    probe = subprocess.run([*read_only_bind(store), "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a read-only bind mount here: {probe.stderr.strip()}")
+    try:
+        started = time.monotonic()
+        done = subprocess.run([*read_only_bind(store), "dvc", "repro", "-s", f"train@{CELL}"], cwd=root,
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode != 0 and time.monotonic() - started < 30
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert errors and errors[0].startswith(f"error: {store}: the MLflow store cannot be written there "
+                                               "(Read-only file system)"), done.stderr
+        assert "Traceback" not in done.stderr and "sqlalchemy" not in done.stderr.lower()
+        assert_nothing_written(root)
+        assert list(store.iterdir()) == []  # no store, so no run left RUNNING
+    finally:
+        store.rmdir()
+
+
+def test_a_file_in_place_of_the_store_directory_stops_the_stage(project):
+    root, env = project
+    (root / "mlruns").write_text("")
+    try:
+        done, seconds = train(root, env)
+        assert done.returncode != 0 and seconds < 30, seconds
+        assert f"error: {root / 'mlruns'}: a file where the MLflow store's directory" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert_nothing_written(root)
+    finally:
+        (root / "mlruns").unlink()

@@ -81,19 +81,21 @@ def _placed(store: Store, run) -> tuple:
 
 def resolve(query: str, seed: int | None, project: Project, store: Store, draw: int | None = None) -> Subject:
     """`seed` (and `draw`, a further data draw's subset seed) narrow a cell to one run."""
-    records = project.records
-    if query in records or query in project.cell_ids:
-        return _for_cell(query, seed, draw, "cell id", query, records, store)
+    if query in project.record_cells() or query in project.cell_ids:
+        return _for_cell(query, seed, draw, "cell id", query, project, store)
     hex_query = query.lower()
     if not _HEX.fullmatch(hex_query):
         raise AuditError(f"{query!r} is not a cell of params.yaml or {RECORDS_DIR}/, nor a run id or digest "
                          f"(at least {MIN_PREFIX} hex characters)")
+    # a broken record is passed over here: it stops only an audit that finds nothing else
+    records, broken = project.readable_records()
     found = _record_candidates(hex_query, records)
     if store.available:
         found = _store_candidates(hex_query, store, found)
     if not found:
         where = f"{RECORDS_DIR}/*.json" + ("" if not store.available else f" or the MLflow store {store.uri}")
-        raise AuditError(f"no run id, config digest or cell digest in {where} starts with {hex_query!r}")
+        unread = "".join(f"\n  not searched: {error}" for error in broken)
+        raise AuditError(f"no run id, config digest or cell digest in {where} starts with {hex_query!r}{unread}")
     if len(found) > 1:
         listing = "\n".join(f"  {kind} {value} ({cell}{'' if s is None else f' seed {s}'})"
                             for (kind, value), (cell, s, _, _) in sorted(found.items()))
@@ -105,13 +107,14 @@ def resolve(query: str, seed: int | None, project: Project, store: Store, draw: 
     draw = found_draw if found_draw is not None else draw
     record = records.get(cell)
     if parent is None or (record and original_id(parent) == record["parent_run_id"]):
-        return _for_cell(cell, seed, draw, kind, value, records, store)
+        return _for_cell(cell, seed, draw, kind, value, project, store)
     return _subject(cell, seed, draw, kind, value, record_from_run(store, parent), True)
 
 
-def _for_cell(cell: str, seed, draw, kind: str, value: str, records: dict, store: Store) -> Subject:
-    if cell in records:
-        return _subject(cell, seed, draw, kind, value, records[cell], False)
+def _for_cell(cell: str, seed, draw, kind: str, value: str, project: Project, store: Store) -> Subject:
+    record = project.record(cell)  # read now: this audit needs it, so a broken one stops it
+    if record is not None:
+        return _subject(cell, seed, draw, kind, value, record, False)
     parents = store.search(f"tags.cell = '{cell}' and tags.`misfit.level` = 'cell'")
     if not parents:
         where = "" if not store.available else f" and no run in the MLflow store {store.uri}"

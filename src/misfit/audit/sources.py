@@ -86,21 +86,52 @@ def check_record(path: Path, record) -> dict:
 
 
 class Project:
-    """The checkout at `root`; every file is read on first use."""
+    """The checkout at `root`; every file is read on first use.
+
+    A record is read only when an audit needs its cell: a broken records/<cell>.json stops
+    the audits of that cell (and searches that come up empty), not those of every other.
+    """
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._records: dict[str, dict | None] = {}
+
+    def record_cells(self) -> list[str]:
+        """The cells that have a records/<cell>.json (nothing read)."""
+        return sorted(path.stem for path in (self.root / RECORDS_DIR).glob("*.json"))
+
+    def record(self, cell: str) -> dict | None:
+        """records/<cell>.json joined with its evaluations, checked; None when it is absent.
+        RecordError, naming the file and the field, when it cannot be used."""
+        if cell not in self._records:
+            self._records[cell] = self._load_record(cell)
+        return self._records[cell]
+
+    def _load_record(self, cell: str) -> dict | None:
+        path = self.root / record_path(cell)
+        if not path.exists():
+            return None
+        try:
+            record = load_joined(self.root / RECORDS_DIR, self.root / EVALUATIONS_DIR, cell)
+        except DataError as error:
+            raise RecordError(str(error).replace(str(self.root) + "/", "")) from None
+        return check_record(record_path(cell), record)
 
     @cached_property
     def records(self) -> dict[str, dict]:
-        found = {}
-        for path in sorted((self.root / RECORDS_DIR).glob("*.json")):
+        """Every record; the first broken one raises (restore-runs needs them all)."""
+        return {cell: self.record(cell) for cell in self.record_cells()}
+
+    def readable_records(self) -> tuple[dict[str, dict], list[str]]:
+        """(every record that can be used, the error of each that cannot): a search by run id
+        or digest looks through all the records it can read."""
+        found, broken = {}, []
+        for cell in self.record_cells():
             try:
-                record = load_joined(self.root / RECORDS_DIR, self.root / EVALUATIONS_DIR, path.stem)
-            except DataError as error:
-                raise RecordError(str(error).replace(str(self.root) + "/", "")) from None
-            found[path.stem] = check_record(path.relative_to(self.root), record)
-        return found
+                found[cell] = self.record(cell)
+            except RecordError as error:
+                broken.append(str(error))
+        return found, broken
 
     @cached_property
     def params_raw(self) -> dict:

@@ -623,12 +623,25 @@ def learning_curve_section(cells: dict[str, Cell], figure_dir: Path) -> list[str
 
 
 def write_report(root: Path = Path(".")) -> None:
+    """reports/: every input is read and every record validated first, and the old files are
+    replaced only once all the new ones are made, so a broken input stops the stage with one
+    line naming the file and leaves the committed report as it was (dvc.yaml marks these
+    outputs `persist: true`: DVC would otherwise delete them before the stage runs)."""
+    from misfit.core.errors import DataError
+
     params = load_params(root / PARAMS_FILE)
-    label_summary = read_json(root / LABEL_SUMMARY)
-    cells = load_cells(root, params, label_summary)
+    try:
+        label_summary = read_json(root / LABEL_SUMMARY)
+    except (OSError, ValueError) as error:
+        raise DataError(f"{root / LABEL_SUMMARY}: not readable JSON ({error}); rerun label-derive") from None
+    try:
+        cells = load_cells(root, params, label_summary)  # load_joined: each record, validated
+    except FileNotFoundError as error:  # its message names the record and the stage to run
+        raise DataError(str(error)) from None
     published = published_runs(root)
     results = analyse(cells, published, params, label_summary)
     with atomic_dir(root / REPORTS_DIR / FIGURES) as figure_dir:
+        # the old figures are replaced when this block ends, after the report is rendered
         report = render_report(cells, results, published, params, label_summary, figure_dir,
                                experiment_id_of(root, params))
         n_figures = len(list(figure_dir.glob("*.png")))

@@ -13,6 +13,7 @@ import random
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -93,6 +94,7 @@ def _check_server(uri: str, timeout: float) -> None:
 def _check_sqlite(path: Path) -> None:
     import sqlite3
 
+    _check_writable(path)
     if not path.exists() or path.stat().st_size == 0:
         return  # MLflow creates the store
     with open(path, "rb") as handle:
@@ -111,10 +113,47 @@ def _check_sqlite(path: Path) -> None:
                                  f"(missing {sorted(MLFLOW_TABLES - tables)}); {hint}")
 
 
+def _unwritable(place: Path, error: OSError) -> TrackingStoreError:
+    reason = error.strerror or str(error)
+    return TrackingStoreError(
+        f"{place}: the MLflow store cannot be written there ({reason}); make it writable (a "
+        f"read-only mount or disk?), or point MLFLOW_TRACKING_URI at a writable store")
+
+
+def _check_writable(db: Path) -> None:
+    """The store's directory takes new files (the lock, the journal) and the database opens
+    for writing; otherwise MLflow fails after the stage started (a read-only mlruns/ gave a
+    traceback ending EROFS on mlruns/.init.lock, or hundreds of lines of SQLAlchemy's).
+
+    Nothing is created: the probe is an unnamed temporary file, and a missing store's nearest
+    existing parent is probed instead (MLflow makes the directories)."""
+    place = db.parent
+    while not place.exists() and not place.is_symlink() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise TrackingStoreError(f"{place}: a file where the MLflow store's directory {db.parent} should be; "
+                                 "move it away, or point MLFLOW_TRACKING_URI at another store")
+    try:
+        with tempfile.TemporaryFile(dir=place):
+            pass
+    except OSError as error:
+        raise _unwritable(place, error) from None
+    if db.exists():
+        try:
+            with open(db, "r+b"):  # opens for writing, changes nothing
+                pass
+        except OSError as error:
+            raise _unwritable(db, error) from None
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "w")  # noqa: SIM115 - the with below closes it
+    except OSError as error:  # mlruns/ read-only, or a file: one line instead of a traceback
+        raise _unwritable(path, error) from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -11,8 +11,10 @@ In a clone, `--restore` first rebuilds the published runs from records/ in git
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +56,25 @@ def runs_url(base: str, experiment: str | None, search: str | None = None) -> st
     return f"{url}?searchFilter={quote(search)}" if search else url
 
 
+def port_problem(port: int) -> str | None:
+    """Why the server could not listen on HOST:port, or None.
+
+    The MLflow server does not fail when its port is taken: it logs the bind error and
+    exits 0, and the URL printed before it would open whoever holds the port. So the port
+    is tried first. SO_REUSEADDR as uvicorn sets it: a port left in TIME_WAIT is free.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return (f"port {port} on {HOST} is already in use (another `misfit ui` or server?): "
+                        "stop it, or choose another port with --port")
+            return f"cannot listen on {HOST}:{port} ({error.strerror}): choose another port with --port"
+    return None
+
+
 def register(commands) -> None:
     parser = commands.add_parser("ui", help="the MLflow UI on this project's runs (127.0.0.1)",
                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,15 +91,19 @@ def main(args: argparse.Namespace) -> int:
 
     root = args.root
     uri = tracking_uri(root)
+    if uri.startswith(("http://", "https://")):
+        print(f"MLFLOW_TRACKING_URI={uri} is a tracking server: open it in a browser, it is the UI")
+        return 0
+    taken = port_problem(args.port)
+    if taken:
+        print(f"error: {taken}", file=sys.stderr)
+        return 1
     if args.restore:
         from misfit.track.restore import main as restore
 
         code = restore(argparse.Namespace(root=root, cells=[]))
         if code:
             return code
-    if uri.startswith(("http://", "https://")):
-        print(f"MLFLOW_TRACKING_URI={uri} is a tracking server: open it in a browser, it is the UI")
-        return 0
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         print(f"error: no MLflow store at {uri.removeprefix('sqlite:///')} yet: `misfit ui --restore` "
               "rebuilds the study's runs from records/ in git; `dvc repro` makes new ones",
