@@ -282,7 +282,8 @@ def test_the_offline_copy_is_official_mnist(tmp_path, monkeypatch):
 
     # the study's own draw on the real images: 2,000 / 3,000 of the 60,000, all 10,000 test images
     split_dir = tmp_path / "split"
-    write_split(raw, split_dir, DataConfig(**yaml.safe_load((REPO / "params.yaml").read_text())["data"]))
+    data = DataConfig(**yaml.safe_load((REPO / "params.yaml").read_text())["data"])
+    write_split(raw, split_dir, heldout_dir_of(split_dir), data)
     parts = load_split(split_dir)
     assert [len(parts[s]["indices"]) for s in ("train", "valid", "test")] == [2000, 3000, 10000]
     assert not set(parts["train"]["indices"].tolist()) & set(parts["valid"]["indices"].tolist())
@@ -314,17 +315,22 @@ def data_config(seed=0, n_train=200, n_valid=300, n_test=100) -> DataConfig:
     return DataConfig(subset_seed=seed, n_train=n_train, n_valid=n_valid, n_test=n_test)
 
 
+def heldout_dir_of(split_dir: Path) -> Path:
+    """Where these tests have write_split put the test split: beside the train/valid one."""
+    return split_dir.parent / f"{split_dir.name}-test"
+
+
 def load_split(split_dir: Path) -> dict[str, dict[str, np.ndarray]]:
     out = {}
-    for split in ("train", "valid", "test"):
-        with np.load(split_dir / f"{split}.npz") as arrays:
+    for split, directory in (("train", split_dir), ("valid", split_dir), ("test", heldout_dir_of(split_dir))):
+        with np.load(directory / f"{split}.npz") as arrays:
             out[split] = {key: arrays[key] for key in arrays.files}
     return out
 
 
 def test_split_sizes_and_contents(raw, tmp_path):
     split_dir = tmp_path / "data" / "split"
-    write_split(raw, split_dir, data_config())
+    write_split(raw, split_dir, heldout_dir_of(split_dir), data_config())
     parts = load_split(split_dir)
     train_images, train_labels = parse_idx(raw / "train-images-idx3-ubyte"), parse_idx(raw / "train-labels-idx1-ubyte")
     test_images, test_labels = parse_idx(raw / "t10k-images-idx3-ubyte"), parse_idx(raw / "t10k-labels-idx1-ubyte")
@@ -345,12 +351,13 @@ def test_split_sizes_and_contents(raw, tmp_path):
         assert np.array_equal(parts[split]["images"], images[idx])
         assert np.array_equal(parts[split]["labels"], labels[idx])
     assert not list(split_dir.parent.glob(".split.*"))
+    assert not list(split_dir.rglob("test*")), "the train stage's split holds no test image"
 
 
 def test_split_is_seeded(raw, tmp_path):
     indices = {}
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        write_split(raw, tmp_path / name, data_config(seed=seed))
+        write_split(raw, tmp_path / name, heldout_dir_of(tmp_path / name), data_config(seed=seed))
         parts = load_split(tmp_path / name)
         indices[name] = (parts["train"]["indices"].tolist(), parts["valid"]["indices"].tolist())
     assert indices["a"] == indices["b"]
@@ -359,29 +366,33 @@ def test_split_is_seeded(raw, tmp_path):
 
 def test_indices_csv_matches_the_arrays(raw, tmp_path):
     split_dir = tmp_path / "split"
-    write_split(raw, split_dir, data_config())
+    write_split(raw, split_dir, heldout_dir_of(split_dir), data_config())
     parts = load_split(split_dir)
-    with open(split_dir / "indices.csv", newline="") as handle:
-        rows = list(csv.reader(handle))
-    assert rows[0] == ["split", "source_file", "index", "label"]
-    expected = []
-    for split, source in (("train", "train"), ("valid", "train"), ("test", "t10k")):
-        expected += [[split, f"{source}-images-idx3-ubyte", str(i), str(label)]
-                     for i, label in zip(parts[split]["indices"].tolist(), parts[split]["labels"].tolist())]
-    assert rows[1:] == expected
+    for directory, splits in ((split_dir, (("train", "train"), ("valid", "train"))),
+                              (heldout_dir_of(split_dir), (("test", "t10k"),))):
+        with open(directory / "indices.csv", newline="") as handle:
+            rows = list(csv.reader(handle))
+        assert rows[0] == ["split", "source_file", "index", "label"]
+        expected = []
+        for split, source in splits:
+            expected += [[split, f"{source}-images-idx3-ubyte", str(i), str(label)]
+                         for i, label in zip(parts[split]["indices"].tolist(), parts[split]["labels"].tolist())]
+        assert rows[1:] == expected
 
 
 def test_split_manifest_digests(raw, tmp_path):
     split_dir = tmp_path / "split"
-    write_split(raw, split_dir, data_config())
+    write_split(raw, split_dir, heldout_dir_of(split_dir), data_config())
     parts = load_split(split_dir)
     manifest = json.loads((split_dir / "manifest.json").read_text())
+    test_manifest = json.loads((heldout_dir_of(split_dir) / "manifest.json").read_text())
     raw_manifest = json.loads((raw / "manifest.json").read_text())
-    assert manifest["dataset_sha256"] == raw_manifest["dataset_sha256"]
-    assert manifest["dataset_source"] == raw_manifest["source"]
-    assert manifest["raw_sha256"] == raw_manifest["sha256"]
-    assert sorted(manifest["splits"]) == ["test", "train", "valid"]
-    for split, entry in manifest["splits"].items():
+    for written in (manifest, test_manifest):
+        assert written["dataset_sha256"] == raw_manifest["dataset_sha256"]
+        assert written["dataset_source"] == raw_manifest["source"]
+        assert written["raw_sha256"] == raw_manifest["sha256"]
+    assert sorted(manifest["splits"]) == ["train", "valid"] and sorted(test_manifest["splits"]) == ["test"]
+    for split, entry in {**manifest["splits"], **test_manifest["splits"]}.items():
         arrays = parts[split]
         assert entry["n"] == len(arrays["indices"])
         content = hashlib.sha256()
@@ -399,23 +410,24 @@ def test_split_manifest_digests(raw, tmp_path):
 def test_split_larger_than_the_data_writes_nothing(raw, tmp_path, config, fragment):
     split_dir = tmp_path / "data" / "split"
     with pytest.raises(DataError, match=fragment.replace("+", r"\+")):
-        write_split(raw, split_dir, config)
-    assert not split_dir.exists()
-    assert not list(split_dir.parent.glob(".split.*"))
+        write_split(raw, split_dir, heldout_dir_of(split_dir), config)
+    assert not split_dir.exists() and not heldout_dir_of(split_dir).exists()
+    assert not list(split_dir.parent.glob(".split*"))
 
 
 # -- labels --------------------------------------------------------------------------
 
 def test_write_labels_keys_shapes_and_values(raw, tmp_path):
     split_dir, labels_dir = tmp_path / "split", tmp_path / "labels"
-    write_split(raw, split_dir, data_config())
-    write_labels(split_dir, labels_dir, tmp_path / "label_summary.json")
+    write_split(raw, split_dir, heldout_dir_of(split_dir), data_config())
+    write_labels(split_dir, labels_dir, heldout_dir_of(split_dir), tmp_path / "test_labels.npz",
+                 tmp_path / "label_summary.json")
     parts = load_split(split_dir)
-    assert sorted(p.name for p in labels_dir.iterdir()) == ["test.npz", "train.npz", "valid.npz"]
+    assert sorted(p.name for p in labels_dir.iterdir()) == ["train.npz", "valid.npz"]
     summary = json.loads((tmp_path / "label_summary.json").read_text())
     for split, n in (("train", 200), ("valid", 300), ("test", 100)):
         digits = parts[split]["labels"].tolist()
-        with np.load(labels_dir / f"{split}.npz") as arrays:
+        with np.load(tmp_path / "test_labels.npz" if split == "test" else labels_dir / f"{split}.npz") as arrays:
             assert sorted(arrays.files) == sorted(TASKS)
             assert arrays["regression"].shape == (n,) and arrays["regression"].dtype == np.float32
             assert arrays["probability"].shape == (n,) and arrays["probability"].dtype == np.float32
@@ -439,7 +451,7 @@ def test_load_images_matches_torchvision_bit_for_bit(raw, tmp_path):
     from torchvision import transforms
 
     split_dir = tmp_path / "split"
-    write_split(raw, split_dir, data_config())
+    write_split(raw, split_dir, heldout_dir_of(split_dir), data_config())
     protocol = ProtocolConfig(**yaml.safe_load((REPO / "params.yaml").read_text())["protocol"])
     assert (protocol.normalize_mean, protocol.normalize_std) == (0.5, 0.5)
     images = load_images(split_dir, "valid", protocol)
@@ -466,5 +478,5 @@ def test_errors_name_the_mirror_file_not_a_staging_copy(tmp_path, mirror):
 
 def test_split_without_download_says_what_to_run(tmp_path):
     with pytest.raises(DataError, match="run the download stage first"):
-        write_split(tmp_path / "raw", tmp_path / "split", data_config())
+        write_split(tmp_path / "raw", tmp_path / "split", tmp_path / "test", data_config())
     assert not (tmp_path / "split").exists()

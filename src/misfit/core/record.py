@@ -22,6 +22,7 @@ from misfit.core.files import read_json, write_json_atomic
 
 RECORD_VERSION = 2
 STATUSES = ("ok", "failed")
+NONFINITE = ("nan", "inf", "-inf")
 
 
 class _Record(BaseModel):
@@ -44,6 +45,14 @@ class Epoch(BaseModel):
     grad_norm_conv1: float | None = None
     seconds: float | None = None
     improved: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _diagnostics_as_floats(cls, values):
+        """A diagnostic that is not finite is written as "nan", "inf" or "-inf" (misfit.core.files)."""
+        if isinstance(values, dict):
+            values = {k: float(v) if k.startswith("diag_") and v in NONFINITE else v for k, v in values.items()}
+        return values
 
     @model_validator(mode="after")
     def _only_numeric_diagnostics(self) -> Epoch:
