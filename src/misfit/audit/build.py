@@ -12,6 +12,7 @@ from misfit.audit.facts import ABSENT, Facts, Match, SeedRun
 from misfit.audit.resolve import Subject
 from misfit.audit.sources import Project, record_path
 from misfit.audit.store import Store
+from misfit.core.layout import EVALUATIONS_DIR
 
 ENV_MIRROR, ENV_MANIFEST = "MNIST_MIRROR", "MNIST_MANIFEST"
 
@@ -30,12 +31,13 @@ def main_draw(record: dict) -> int | None:
     return (record["data"].get("config") or {}).get("subset_seed")
 
 
-def seed_run(run: dict) -> SeedRun:
+def seed_run(run: dict, checkpoint_states: dict[str, str]) -> SeedRun:
     return SeedRun(
         seed=run["seed"], subset_seed=run.get("subset_seed"), status=run["status"], error=run.get("error"),
         valid_best=run.get("valid_best"), test=run.get("test"), best_epoch=run.get("best_epoch"),
         epochs_run=run.get("epochs_run"), run_id=run["run_id"], config_digest=run.get("config_digest"),
-        checkpoint=run.get("checkpoint"), rescored=run.get("evaluated"))
+        checkpoint=run.get("checkpoint"), rescored=run.get("evaluated"),
+        checkpoint_sha256=run.get("checkpoint_sha256"), checkpoint_check=checkpoint_states.get(run.get("checkpoint")))
 
 
 def build(project: Project, store: Store, query: str, subject: Subject) -> Facts:
@@ -52,7 +54,7 @@ def build(project: Project, store: Store, query: str, subject: Subject) -> Facts
     checks.check_commit(audit)
     params = checks.check_params(audit)
     dataset_source = checks.check_data(audit)
-    checks.check_checkpoints(audit, runs)
+    checkpoint_states = checks.check_checkpoints(audit, runs)
     published = checks.check_metrics_file(audit, summary)
     report = checks.check_report(audit)
     checks.check_runs(audit)
@@ -76,7 +78,8 @@ def build(project: Project, store: Store, query: str, subject: Subject) -> Facts
               "dep_md5": prefixed(tags, "dep.md5."), "dvc_lock_md5": checks.pinned_code(audit),
               "versions": prefixed(tags, "version."), "device": tags.get("device"), "threads": tags.get("threads")},
         metrics={"metric": metric, "better": "higher" if metric == "accuracy" else "lower",
-                 "main_draw": main_draw(record), "seeds": [seed_run(r) for r in runs], "summary": summary,
+                 "main_draw": main_draw(record), "seeds": [seed_run(r, checkpoint_states) for r in runs],
+                 "summary": summary,
                  "published": published, "report": report},
         mlflow=mlflow_section(audit, experiment, params, runs),
         reproduce=reproduce(audit, runs, dataset_source),
@@ -115,7 +118,28 @@ def _seed_key(run: dict, record: dict) -> str:
 
 
 def reproduce(audit: Audit, runs: list[dict], dataset_source: str | None) -> dict:
-    tags, cell = audit.tags, audit.cell
+    """How to make the numbers again: `misfit reproduce <run id>` per run (one run trains in about
+    a minute, in a scratch directory, and is compared number for number with the record), and the
+    whole cell retrained through DVC at the run's commit."""
+    env = _reproduce_env(audit, dataset_source)
+    device = audit.tags.get("device", "")
+    if device.startswith("cuda"):
+        audit.notes.append(f"the run trained on {device}: elsewhere expect agreement within float "
+                           "tolerance, not bit-identity")
+    drifted = sorted({d.kind for d in audit.disagreements} & {"params", "code"})
+    if drifted:
+        audit.notes.append(f"misfit reproduce trains this working tree's code with its params.yaml, and the "
+                           f"disagreements above ({', '.join(drifted)}) say they are not the run's: it will name "
+                           "the difference; the whole-cell commands check out the run's commit instead")
+    commands = [_export(env),
+                "dvc repro label-derive   # the run's data (data/split, data/labels, data/test); or dvc pull them",
+                *(f"misfit reproduce {run['run_id']}" for run in runs)]
+    return {"env": env, "commands": commands, "whole_cell": {"commands": _whole_cell(audit, env)},
+            "expect": {"file": str(EVALUATIONS_DIR / f"{audit.cell}.json"), "field": "runs[].test",
+                       "test": {_seed_key(r, audit.record): r.get("test") for r in runs}}}
+
+
+def _reproduce_env(audit: Audit, dataset_source: str | None) -> dict[str, str]:
     env = {"PYTHONPATH": "src"}  # the checkout's own code, whichever copy of misfit is installed
     mirror = os.environ.get(ENV_MIRROR)
     env[ENV_MIRROR] = mirror or "<directory holding the four MNIST IDX files>"
@@ -126,30 +150,32 @@ def reproduce(audit: Audit, runs: list[dict], dataset_source: str | None) -> dic
         env[ENV_MANIFEST] = dataset_source
     elif os.environ.get(ENV_MANIFEST):
         env[ENV_MANIFEST] = os.environ[ENV_MANIFEST]
-    if not audit.record["protocol"].get("threads") and str(tags.get("threads", "")).isdigit():
+    threads = str(audit.tags.get("threads", ""))
+    if not audit.record["protocol"].get("threads") and threads.isdigit():
         # protocol.threads 0 takes torch's default, the core count: fix it to what the run had
-        env["OMP_NUM_THREADS"] = tags["threads"]
-    device = tags.get("device", "")
-    if device.startswith("cuda"):
-        audit.notes.append(f"the run trained on {device}: elsewhere expect agreement within float "
-                           "tolerance, not bit-identity")
-    commit = tags.get("git_commit", "unknown")
-    stage = f"train@{cell}"
+        env["OMP_NUM_THREADS"] = threads
+    return env
+
+
+def _export(env: dict[str, str]) -> str:
+    return "export " + " ".join(f"{k}={_quote(v)}" for k, v in env.items())
+
+
+def _whole_cell(audit: Audit, env: dict[str, str]) -> list[str]:
+    """Every run of the cell retrained and re-scored by its DVC stages, at the run's commit
+    (new MLflow runs; rewrites models/<cell>/, records/ and evaluations/)."""
+    commit, cell = audit.tags.get("git_commit", "unknown"), audit.cell
     commands = [f"git checkout {commit}" if commit != "unknown"
-                else "# no commit recorded: check out the code whose md5s are listed above",
-                "export " + " ".join(f"{k}={_quote(v)}" for k, v in env.items())]
+                else "# no commit recorded: check out the code whose md5s are listed above", _export(env)]
     restore = checks.params_at_commit(audit, commit) if commit != "unknown" else []
     if restore:
         # dvc exp run -S writes the run's values into params.yaml before anything runs, so
         # split and labels follow them too; --force reruns what DVC would skip
         settings = " ".join("-S " + shlex.quote(_override(d)) for d in restore)
-        commands.append(f"dvc exp run --force {settings} {stage}")
-    else:
-        # --force: rerun even when DVC's run-cache or up-to-date outputs would skip training
-        commands += ["dvc repro label-derive train-inputs", f"dvc repro --force --single-item {stage}"]
-    return {"env": env, "commands": commands,
-            "expect": {"file": str(record_path(cell)), "field": "runs[].test",
-                       "test": {_seed_key(r, audit.record): r.get("test") for r in runs}}}
+        return commands + [f"dvc exp run --force {settings} evaluate@{cell}"]
+    # --force: rerun even when DVC's run-cache or up-to-date outputs would skip training
+    return commands + ["dvc repro label-derive train-inputs evaluate-inputs",
+                       f"dvc repro --force --single-item train@{cell} evaluate@{cell}"]
 
 
 def _quote(value: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from misfit.audit.facts import ABSENT, Disagreement, Missing
+from misfit.audit.facts import ABSENT, CHECKPOINT_KIND, Disagreement, Missing
 from misfit.audit.sources import (
     LOCK_FILE,
     RESULTS_FILE,
@@ -19,7 +19,7 @@ from misfit.audit.sources import (
     run_ids_in,
 )
 from misfit.audit.store import Store
-from misfit.core.files import read_json
+from misfit.core.files import read_json, sha256_file
 from misfit.core.layout import METRICS_DIR, MODELS_DIR, PARAMS_FILE, SPLIT_DIR
 
 # the metrics file summarises the re-scored checkpoints, the record the training run's own
@@ -131,7 +131,12 @@ def _flat_diff(prefix: str, recorded: dict, current: dict) -> list[dict]:
 
 def params_diff(audit: Audit, params) -> list[dict]:
     """The fields of `params` (validated) that differ from what the run recorded."""
-    record, cell = audit.record, audit.cell
+    return record_params_diff(audit.record, audit.cell, params)
+
+
+def record_params_diff(record: dict, cell: str, params) -> list[dict]:
+    """The fields of `params` that differ from what `record` (a cell's record) holds; also
+    what `misfit reproduce` names when it trains with params.yaml."""
     differing = []
     if cell not in params.cells:
         differing.append({"field": f"cells.{cell}", "recorded": record["cell"], "current": ABSENT})
@@ -220,11 +225,46 @@ def check_data(audit: Audit) -> str | None:
     return current.get("dataset_source")
 
 
-def check_checkpoints(audit: Audit, runs: list[dict]) -> None:
-    names = [run["checkpoint"] for run in runs if run.get("checkpoint")]
-    absent = [name for name in names if not audit.project.checkpoint(audit.cell, name).is_file()]
-    if not absent:
-        return
+VERIFIED, DIFFERS, ABSENT_FILE, UNHASHED = "verified", "differs", "absent", "no hash recorded"
+
+
+def check_checkpoints(audit: Audit, runs: list[dict]) -> dict[str, str]:
+    """Each checkpoint the runs name: one present is hashed and compared with the SHA-256 the
+    record holds (a file that differs is a disagreement: the audit must not vouch for a file it
+    never read); one absent is listed as missing, with how to get it.
+
+    Returns {checkpoint file name: VERIFIED | DIFFERS | ABSENT_FILE | UNHASHED}."""
+    states = {run["checkpoint"]: _checkpoint_state(audit, run) for run in runs if run.get("checkpoint")}
+    unhashed = [name for name, state in states.items() if state == UNHASHED]
+    if unhashed:
+        # records older than checkpoint hashes: nothing to compare with, which is not a contradiction
+        audit.notes.append(f"{audit.record_name} holds no SHA-256 for {len(unhashed)} checkpoint(s) "
+                           f"({', '.join(unhashed)}): they are present but not verified")
+    absent = [name for name, state in states.items() if state == ABSENT_FILE]
+    if absent:
+        _missing_checkpoints(audit, absent)
+    return states
+
+
+def _checkpoint_state(audit: Audit, run: dict) -> str:
+    path = audit.project.checkpoint(audit.cell, run["checkpoint"])
+    if not path.is_file():
+        return ABSENT_FILE
+    expected = run.get("checkpoint_sha256")
+    if not expected:
+        return UNHASHED
+    actual = sha256_file(path)
+    if actual == expected:
+        return VERIFIED
+    shown = path.relative_to(audit.root)
+    audit.disagree(CHECKPOINT_KIND, f"{shown}: SHA-256 {actual}, but {audit.record_name} says {expected} "
+                   f"(draw {run.get('subset_seed')} seed {run['seed']}): the file is not the checkpoint training "
+                   f"saved (dvc checkout {shown.parent} restores it from the DVC cache, dvc pull from the remote)",
+                   file=str(shown), expected=expected, actual=actual, run_id=run["run_id"])
+    return DIFFERS
+
+
+def _missing_checkpoints(audit: Audit, absent: list[str]) -> None:
     folder = MODELS_DIR / audit.cell
     pinned = (audit.project.lock_stage(f"train@{audit.cell}") or {}).get("outs") or []
     md5 = next((out.get("md5") for out in pinned if out.get("path") == str(folder)), None)

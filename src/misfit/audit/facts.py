@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from misfit.core.files import json_safe
 
 ABSENT = "<absent>"  # a field one side has and the other lacks
+CHECKPOINT_KIND = "checkpoint"  # the disagreement: a checkpoint present but not the file training saved
+EXIT_CHECKPOINT_DIFFERS = 3  # 1 is an audit that could not run (no such cell or run)
 
 
 @dataclass
@@ -34,6 +36,9 @@ class SeedRun:
     config_digest: str | None
     checkpoint: str | None  # its file under models/<cell>/ (a DVC output, not in git)
     rescored: dict | None  # the reference model's re-scoring: valid_best, test, matches_record
+    checkpoint_sha256: str | None = None  # as the record holds it
+    # the file here against that hash: "verified", "differs", "absent", "no hash recorded"; None: no checkpoint
+    checkpoint_check: str | None = None
 
 
 @dataclass
@@ -73,6 +78,13 @@ class Facts:
     missing: list[Missing] = field(default_factory=list)
     disagreements: list[Disagreement] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int:
+        """What `misfit audit` exits with: EXIT_CHECKPOINT_DIFFERS when a checkpoint here is not the
+        file its record hashed (the number no longer rests on it), else 0. Other disagreements are
+        shown but leave it 0: a later commit or an edited params.yaml is no fault of the number."""
+        return EXIT_CHECKPOINT_DIFFERS if any(d.kind == CHECKPOINT_KIND for d in self.disagreements) else 0
 
     def to_json(self) -> dict:
         data = asdict(self)

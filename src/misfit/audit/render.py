@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from misfit.audit.facts import Facts
+from misfit.audit.facts import CHECKPOINT_KIND, Facts
 
 
 def render_json(facts: Facts) -> str:
@@ -65,17 +65,23 @@ def _code(facts: Facts) -> list[str]:
     return lines
 
 
+# the metrics table's checkpoint column: the file here against the record's SHA-256
+_CHECKPOINT_CHECK = {"verified": "sha256 ok", "differs": "DIFFERS", "absent": "absent", "no hash recorded": "no hash"}
+
+
 def _metrics(facts: Facts) -> list[str]:
     metrics = facts.metrics
     draws = any(r.subset_seed not in (None, metrics["main_draw"]) for r in metrics["seeds"])
-    lines = [f"metrics as recorded ({metrics['metric']}, {metrics['better']} is better)",
-             f"  {'seed':>4}  {'draw' if draws else '':<4}  {'status':<7} {'valid best':<20} {'test':<20} "
-             f"{'best epoch':>10} {'epochs':>6}  rescored  run id"]
+    header = (f"  {'seed':>4}  {'draw' if draws else '':<4}  {'status':<7} {'valid best':<20} {'test':<20} "
+              f"{'best epoch':>10} {'epochs':>6}  rescored  checkpoint  run id")
+    lines = [f"metrics as recorded ({metrics['metric']}, {metrics['better']} is better)", header]
     for run in metrics["seeds"]:
         draw = "" if not draws else str(run.subset_seed)
         rescored = {True: "match", False: "DIFFER", None: "-"}[(run.rescored or {}).get("matches_record")]
+        checkpoint = _CHECKPOINT_CHECK.get(run.checkpoint_check, "-")
         lines.append(f"  {run.seed:>4}  {draw:<4}  {run.status:<7} {_num(run.valid_best):<20} {_num(run.test):<20} "
-                     f"{_num(run.best_epoch):>10} {_num(run.epochs_run):>6}  {rescored:<8}  {run.run_id}")
+                     f"{_num(run.best_epoch):>10} {_num(run.epochs_run):>6}  {rescored:<8}  {checkpoint:<10}  "
+                     f"{run.run_id}")
         if run.error:
             lines.append(f"        error: {run.error}")
     summary = metrics["summary"]
@@ -109,16 +115,25 @@ def _mlflow(facts: Facts) -> list[str]:
 
 def _reproduce(facts: Facts) -> list[str]:
     reproduce = facts.reproduce
-    lines = ["reproduce (from the project root)"] + [f"  {c}" for c in reproduce["commands"]]
     expect = ", ".join(f"{_run_label(s)} test {_num(v)}" for s, v in reproduce["expect"]["test"].items())
-    return lines + [f"  then {reproduce['expect']['file']} should hold {expect}"]
+    lines = ["reproduce (from the project root)"] + [f"  {c}" for c in reproduce["commands"]]
+    lines.append("  each `misfit reproduce` trains one run in a scratch directory (no MLflow run, no published "
+                 "file touched) and prints the committed number beside the new one; it exits 0 only if all agree")
+    lines.append("  or retrain the whole cell through DVC (new MLflow runs; rewrites its models, record and evaluation):")
+    lines += [f"    {c}" for c in reproduce["whole_cell"]["commands"]]
+    return lines + [f"    then {reproduce['expect']['file']} should hold {expect}"]
 
 
 def _missing(facts: Facts) -> list[str]:
     lines = ["not in this checkout, and how to get it"]
     for item in facts.missing:
         lines += [f"  - {item.what}: {item.why}"] + [f"      {command}" for command in item.get]
-    return lines if facts.missing else lines + ["  nothing: checkpoints, data and MLflow runs are all here"]
+    if facts.missing:
+        return lines
+    # "here" is not "intact": a checkpoint whose hash differs is a disagreement, said below
+    differ = sum(d.kind == CHECKPOINT_KIND for d in facts.disagreements)
+    return lines + ["  nothing: checkpoints, data and MLflow runs are all here"
+                    + (f", but {differ} checkpoint(s) differ from the record (see the disagreements)" if differ else "")]
 
 
 def render_text(facts: Facts) -> str:
