@@ -40,7 +40,10 @@ def published_entry(clone: Path) -> dict:
 
 
 def record(clone: Path, cell: str = CELL) -> dict:
-    return json.loads((clone / "records" / f"{cell}.json").read_text())
+    """The cell's train record with each run's evaluation (its test number) joined in."""
+    from misfit.core.record import load_joined
+
+    return load_joined(clone / "records", clone / "evaluations", cell)
 
 
 def report_run_ids(clone: Path) -> set[str]:
@@ -70,10 +73,12 @@ def test_audit_a_cell_from_git_alone(clone, env):
     assert config["seeds"] == params["seeds"]
     assert report["digests"]["cell"] == entry["cell_digest"]
     assert report["data_identity"]["dataset_sha256"] == rec["data"]["dataset_sha256"]
-    # the code md5s are the ones dvc.lock pins for the train code (the train-inputs stage)
-    lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]["train-inputs"]
-    pinned = {d["path"]: d["md5"] for d in lock["deps"] if not d["md5"].endswith(".dir")}
+    # the code md5s are the ones data/train_inputs.json lists, and dvc.lock pins that file for the cell
+    pinned = json.loads((clone / "data" / "train_inputs.json").read_text())["md5"]
     assert report["code"]["dvc_lock_md5"] == pinned and report["code"]["dep_md5"] == pinned
+    lock = yaml.safe_load((clone / "dvc.lock").read_text())["stages"]
+    (listed,) = [d["md5"] for d in lock["train-inputs"]["outs"] if d["path"] == "data/train_inputs.json"]
+    assert [d["md5"] for d in lock[f"train@{CELL}"]["deps"] if d["path"] == "data/train_inputs.json"] == [listed]
     # the numbers are the published ones: metrics/<cell>.json's summary, results.json's runs
     summary, published = report["metrics"]["summary"], json.loads((clone / "metrics" / f"{CELL}.json").read_text())
     for key in ("test", "valid_best"):
@@ -207,7 +212,7 @@ def test_a_broken_record_is_named_with_its_field(published, tmp_path, env):
     for command in (["misfit", "audit", CELL], ["misfit", "restore-runs"]):
         done = run(command, clone, env, check=False)
         assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
-        assert f"records/{CELL}.json: no field 'cell_digest'" in done.stderr, done.stderr
+        assert f"records/{CELL}.json: field cell_digest: Field required" in done.stderr, done.stderr
     for stale in clone.glob("records/*.json"):
         stale.unlink()
     done = run(["misfit", "restore-runs"], clone, env, check=False)

@@ -38,6 +38,7 @@ from misfit.data.load import load_cell_data, load_test
 from misfit.data.split import read_split_manifest
 from misfit.evaluate.calibration import calibration
 from misfit.evaluate.score import agrees, cell_metrics, load_reference, score_split, verified_checkpoint
+from misfit.track.entries import evaluation_numbers, evaluation_tags
 from misfit.track.runs import EvaluationLog, check_store, check_timeout, open_experiment, tracking_uri
 from misfit.train.runtime import configure
 from misfit.train.targets import CellTargets
@@ -98,8 +99,7 @@ def _evaluate(cell_id: str, root: Path) -> None:
         evaluated.append(result)
         outputs.append(tested.outputs.float().cpu().numpy())
         per_image.append(tested.per_image.double().cpu().numpy())
-        mlflow_log.log(run.run_id, mlflow_numbers(result, metric), {"checkpoint_sha256_verified": "true"},
-                       [path], [dataset])
+        mlflow_log.log(run.run_id, evaluation_numbers(result, metric), evaluation_tags(result), [path], [dataset])
         print(f"{cell_id}: evaluated {i}/{len(kept)} (draw {run.subset_seed} seed {run.seed}): "
               f"test {metric} {result.test:.6g}", flush=True)
     write_outputs(root, cell_id, metric, record_path, test_manifest, (started, started_ms), evaluated,
@@ -109,16 +109,6 @@ def _evaluate(cell_id: str, root: Path) -> None:
     if mlflow_log.absent:
         print(f"{cell_id}: {len(mlflow_log.absent)} run(s) of the record are not in this tracking store; "
               "`misfit restore-runs` brings them back from the records", flush=True)
-
-
-def mlflow_numbers(run: EvaluatedRun, metric: str) -> dict[str, float]:
-    numbers = {f"test_{metric}": run.test, f"evaluated_valid_{metric}": run.valid}
-    if run.calibration is not None:
-        c = run.calibration
-        numbers.update({"test_brier": c.brier, "test_ece": c.ece, "test_outside_unit_share": c.outside_unit_share})
-        if c.log_loss is not None:
-            numbers["test_log_loss"] = c.log_loss
-    return numbers
 
 
 def write_outputs(root: Path, cell_id: str, metric: str, record_path: Path, test_manifest: dict,

@@ -34,6 +34,12 @@ from typing import Iterator
 
 from misfit.audit.sources import Project, RecordError, git_out, record_path
 from misfit.audit.store import ORIGINAL_RUN_ID, RESTORED
+from misfit.core.errors import DataError
+from misfit.core.layout import EVALUATIONS_DIR, RECORDS_DIR
+from misfit.core.record import (EvaluatedRun, EvaluationRecord, TrainedRun, TrainRecord, load_evaluation,
+                                load_train_record)
+from misfit.track.entries import (epoch_values, evaluation_numbers, evaluation_tags, parent_status, parent_summary,
+                                  parent_tags, run_status, trained_finals, trained_tags)
 
 # MLflow's limits for one log_batch call
 MAX_ENTITIES_PER_BATCH = 1000  # metrics, params and tags together
@@ -48,76 +54,41 @@ class Restored:
     experiment_ids: set[str] = field(default_factory=set)
     cells: int = 0
     runs: int = 0
+    checkpoints: int = 0  # attached to their runs: those present in the work tree
     skipped: int = 0
     seconds: float = 0.0
 
 
-def _number(value) -> float | None:
-    """A JSON metric (json_safe writes inf and nan as strings) as a float, or None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    if value in ("inf", "-inf", "nan"):
-        return float(value)
-    return None
-
-
-def flat_params(record: dict) -> dict[str, str]:
-    """The parent's params as the train stage logs them: cell.*, protocol.*, data.* of the main
-    draw, seeds, draws.subset_seeds (str(value): MLflow keeps strings)."""
-    flat = {f"cell.{k}": v for k, v in record["cell"].items()}
-    flat.update({f"protocol.{k}": v for k, v in record["protocol"].items()})
-    flat.update({f"data.{k}": v for k, v in (record["data"].get("config") or {}).items()})
-    flat.update({"seeds": record["seeds"], "draws.subset_seeds": [int(d) for d in record.get("draws") or {}]})
+def flat_params(record: TrainRecord) -> dict[str, str]:
+    """The parent's params as the train stage logs them (misfit.train.stage.flat_params):
+    cell.*, protocol.*, data.* of the main draw, seeds, draws.subset_seeds (str(value):
+    MLflow keeps strings)."""
+    flat = {f"cell.{k}": v for k, v in record.cell.items()}
+    flat.update({f"protocol.{k}": v for k, v in record.protocol.items()})
+    flat.update({f"data.{k}": v for k, v in (record.data.get("config") or {}).items()})
+    flat.update({"seeds": record.seeds, "draws.subset_seeds": [int(d) for d in record.draws]})
     return {key: str(value) for key, value in flat.items()}
 
 
-def main_draw(record: dict) -> int | None:
-    return (record["data"].get("config") or {}).get("subset_seed")
+def main_draw(record: TrainRecord) -> int | None:
+    return (record.data.get("config") or {}).get("subset_seed")
 
 
-def epoch_metrics(run: dict, metric: str, start_ms: int) -> list:
-    """What the train stage logs per epoch: `initial` at step 0, then each epoch at its number,
-    every numeric value, valid_metric named valid_<metric>. The records hold each epoch's
-    duration, not its wall time: timestamps are the stage's start plus the epochs' seconds."""
+def metrics_at(values: dict[str, float], stamp: int, step: int) -> list:
     from mlflow.entities import Metric
 
+    return [Metric(k, v, stamp, step) for k, v in values.items()]
+
+
+def epoch_metrics(run: TrainedRun, metric: str, start_ms: int) -> list:
+    """What the train stage logs per epoch (misfit.track.entries.epoch_values): `initial` at
+    step 0, then each epoch at its number. The records hold each epoch's duration, not its
+    wall time: timestamps are the stage's start plus the epochs' seconds."""
     found, clock = [], 0.0
-    for entry in [run.get("initial") or {}, *(run.get("history") or [])]:
-        if "epoch" not in entry:
-            continue
-        clock += float(_number(entry.get("seconds")) or 0.0)
-        stamp = int(start_ms + clock * 1000)
-        for key, value in entry.items():
-            number = _number(value)
-            if number is not None:
-                name = f"valid_{metric}" if key == "valid_metric" else key
-                found.append(Metric(name, number, stamp, int(entry["epoch"])))
+    for epoch in [run.initial, *run.history]:
+        clock += epoch.seconds or 0.0
+        found += metrics_at(epoch_values(epoch, metric), int(start_ms + clock * 1000), epoch.epoch)
     return found
-
-
-def final_metrics(run: dict, metric: str, stamp: int) -> list:
-    from mlflow.entities import Metric
-
-    values = {f"best_valid_{metric}": run.get("valid_best"), f"test_{metric}": run.get("test"),
-              "best_epoch": run.get("best_epoch"), "epochs_run": run.get("epochs_run")}
-    return [Metric(k, _number(v), stamp, 0) for k, v in values.items() if _number(v) is not None]
-
-
-def parent_metrics(record: dict, stamp: int) -> list:
-    """The parent's summary as the train stage logs it, computed by metrics/<cell>.json's own function."""
-    from mlflow.entities import Metric
-
-    from misfit.evaluate.score import cell_metrics
-
-    runs, metric = record["runs"], record["metric"]
-    summary = cell_metrics(runs, main_draw(record))
-    values = {"n_runs": len(runs), "n_failed": sum(r["status"] != "ok" for r in runs)}
-    for key, name in (("test", f"test_{metric}"), ("valid_best", f"best_valid_{metric}")):
-        values.update({f"{name}_{stat}": summary[key][stat] for stat in ("median", "mean", "sd")
-                       if stat in summary[key]})
-    return [Metric(k, float(v), stamp, 0) for k, v in values.items()]
 
 
 def dataset_inputs(identity: dict, split_dir: Path) -> list:
@@ -136,13 +107,11 @@ def dataset_inputs(identity: dict, split_dir: Path) -> list:
     return inputs
 
 
-def summary_text(record: dict) -> str:
-    """The torchinfo summary: from the record if it holds one, else computed (no training)."""
-    if record.get("model_summary"):
-        return record["model_summary"]
+def summary_text(record: TrainRecord) -> str:
+    """The torchinfo summary, computed (no training) as the train stage logs it."""
     from misfit.core.config import CellConfig
 
-    cell = CellConfig.model_validate(record["cell"])
+    cell = CellConfig.model_validate(record.cell)
     return _summary(cell.n_outputs, cell.model_activation)
 
 
@@ -182,63 +151,65 @@ class Restorer:
             self.done.experiment_ids.add(experiment_id)
         return self._experiments[name]
 
-    def start_ms(self, record: dict) -> int:
-        """When the stage started (the record's `started_ms`); for older records, as near as
-        git knows: its commit's time (else now)."""
-        if isinstance(record.get("started_ms"), int):
-            return record["started_ms"]
-        stamp = git_out(self.project.root, "show", "-s", "--format=%ct", record["tags"].get("git_commit", "HEAD"))
-        return int(stamp) * 1000 if stamp and stamp.isdigit() else int(time.time() * 1000)
-
-    def restore_cell(self, cell: str, record: dict) -> None:
-        client, experiment_id = self.experiment(record.get("experiment") or "misfit")
+    def restore_cell(self, cell: str, record: TrainRecord, evaluation: EvaluationRecord | None) -> None:
+        client, experiment_id = self.experiment(record.experiment)
         known = self._known[experiment_id]
-        if record["parent_run_id"] in known and all(r["run_id"] in known for r in record["runs"]):
-            self.done.skipped += 1 + len(record["runs"])
+        if record.parent_run_id in known and all(r.run_id in known for r in record.runs):
+            self.done.skipped += 1 + len(record.runs)
             return
-        start = self.start_ms(record)
-        summary = summary_text(record)
-        common = {k: str(v) for k, v in record["tags"].items() if not k.startswith("mlflow.")}
+        start, summary = record.started_ms, summary_text(record)
+        common = {k: str(v) for k, v in record.tags.items() if not k.startswith("mlflow.")}
         common.update({RESTORED: "true", "misfit.restored_from": f"{record_path(cell)}@{self.head}"})
         parent = self._create(client, experiment_id, cell, start, {
-            **common, "misfit.level": "cell", ORIGINAL_RUN_ID: record["parent_run_id"]})
+            **common, **parent_tags(record.runs), "misfit.level": "cell", ORIGINAL_RUN_ID: record.parent_run_id})
         params = flat_params(record)
-        self._log(client, parent, params=params, metrics=parent_metrics(record, start))
+        self._log(client, parent, params=params, metrics=metrics_at(parent_summary(record.runs, record.metric),
+                                                                    start, 0))
         client.log_text(parent, summary, "model_summary.txt")
         end = start
-        for run in record["runs"]:
-            end = max(end, self.restore_run(client, experiment_id, cell, record, run,
+        for run in record.runs:
+            scored = evaluation.run(run.subset_seed, run.seed) if evaluation else None
+            end = max(end, self.restore_run(client, experiment_id, cell, record, run, scored,
                                             (parent, common, params, start, summary)))
-        failed = any(r["status"] != "ok" for r in record["runs"])
-        client.set_terminated(parent, status="FAILED" if failed else "FINISHED", end_time=end)
+        client.set_terminated(parent, status=parent_status(record.runs), end_time=end)
         self.done.cells += 1
-        self.done.runs += 1 + len(record["runs"])
+        self.done.runs += 1 + len(record.runs)
 
-    def restore_run(self, client, experiment_id: str, cell: str, record: dict, run: dict, shared: tuple) -> int:
-        """One child run, as the train stage names, tags and fills it; returns its end time."""
-        from misfit.core.layout import SPLIT_DIR
+    def restore_run(self, client, experiment_id: str, cell: str, record: TrainRecord, run: TrainedRun,
+                    scored: EvaluatedRun | None, shared: tuple) -> int:
+        """One child run, as train@ and evaluate@ name, tag and fill it; returns its end time.
+        Its checkpoint is attached where it is here (DVC's cache or a `dvc pull`)."""
+        from misfit.core.layout import MODELS_DIR, SPLIT_DIR
         from misfit.data.split import draw_dir
         from misfit.train.loop import Member
         from misfit.train.stage import run_name
 
         parent, common, params, start, summary = shared
         main = main_draw(record)
-        draw = run.get("subset_seed", main)
-        identity = record["data"] if draw == main else (record.get("draws") or {}).get(str(draw), {})
-        tags = {**common, "misfit.level": "seed", "mlflow.parentRunId": parent, "seed": str(run["seed"]),
-                "subset_seed": str(draw), "config_digest": str(run.get("config_digest")),
-                "status": run["status"], "error": run.get("error") or "-", ORIGINAL_RUN_ID: run["run_id"]}
-        run_id = self._create(client, experiment_id, run_name(cell, Member(draw, run["seed"]), main), start, tags)
-        metrics = epoch_metrics(run, record["metric"], start)
+        identity = record.data if run.subset_seed == main else record.draws.get(str(run.subset_seed), {})
+        tags = {**common, **trained_tags(run), "misfit.level": "seed", "mlflow.parentRunId": parent,
+                "seed": str(run.seed), "subset_seed": str(run.subset_seed), "config_digest": run.config_digest,
+                ORIGINAL_RUN_ID: run.run_id}
+        if scored is not None:
+            tags.update(evaluation_tags(scored))
+        run_id = self._create(client, experiment_id, run_name(cell, Member(run.subset_seed, run.seed), main),
+                              start, tags)
+        metrics = epoch_metrics(run, record.metric, start)
         end = max([m.timestamp for m in metrics], default=start)
-        metrics += final_metrics(run, record["metric"], end)
-        self._log(client, run_id, params={**params, "seed": str(run["seed"]), "data.subset_seed": str(draw)},
+        finals = {**trained_finals(run, record.metric),
+                  **(evaluation_numbers(scored, record.metric) if scored is not None else {})}
+        metrics += metrics_at(finals, end, 0)
+        self._log(client, run_id, params={**params, "seed": str(run.seed), "data.subset_seed": str(run.subset_seed)},
                   metrics=metrics)
-        inputs = dataset_inputs(identity, draw_dir(SPLIT_DIR, draw, main))
+        inputs = dataset_inputs(identity, draw_dir(SPLIT_DIR, run.subset_seed, main))
         if inputs:
             client.log_inputs(run_id, datasets=inputs)
         client.log_text(run_id, summary, "model_summary.txt")
-        client.set_terminated(run_id, status="FINISHED" if run["status"] == "ok" else "FAILED", end_time=end)
+        checkpoint = self.project.root / MODELS_DIR / cell / (run.checkpoint or "-")
+        if run.checkpoint and checkpoint.is_file():
+            client.log_artifact(run_id, str(checkpoint))
+            self.done.checkpoints += 1
+        client.set_terminated(run_id, status=run_status(run), end_time=end)
         return end
 
     def _create(self, client, experiment_id: str, name: str, start: int, tags: dict) -> str:
@@ -261,24 +232,36 @@ class Restorer:
 
 def restore_runs(root: Path, cells: list[str] | None = None) -> Restored:
     project = Project(Path(root))
-    records = project.records
-    if not records:
+    available = sorted(p.stem for p in (project.root / RECORDS_DIR).glob("*.json"))
+    if not available:
         raise RecordError(f"{project.root / 'records'}: no records/*.json to restore from "
                           "(they are committed by the train stage; git pull, or dvc repro)")
-    unknown = sorted(set(cells or []) - set(records))
+    unknown = sorted(set(cells or []) - set(available))
     if unknown:
         raise RecordError(f"no records/<cell>.json for {', '.join(unknown)}")
+    records = {cell: typed_records(project.root, cell) for cell in cells or available}
     from misfit.track.runs import tracking_uri
 
     uri = tracking_uri(project.root)
     started = time.perf_counter()
     with staged(uri) as working_uri:
         restorer = Restorer(project, working_uri)
-        for cell in cells or sorted(records):
-            restorer.restore_cell(cell, records[cell])
+        for cell, (record, evaluation) in records.items():
+            restorer.restore_cell(cell, record, evaluation)
+            print(f"restored {cell}: {len(record.runs)} run(s)", file=sys.stderr, flush=True)
     restorer.done.uri = uri
     restorer.done.seconds = time.perf_counter() - started
     return restorer.done
+
+
+def typed_records(root: Path, cell: str) -> tuple[TrainRecord, EvaluationRecord | None]:
+    """records/<cell>.json and, where the cell was evaluated, evaluations/<cell>.json."""
+    try:
+        record = load_train_record(root / RECORDS_DIR / f"{cell}.json")
+        path = root / EVALUATIONS_DIR / f"{cell}.json"
+        return record, load_evaluation(path) if path.exists() else None
+    except DataError as error:
+        raise RecordError(str(error).replace(f"{root}/", "")) from None
 
 
 @contextlib.contextmanager
@@ -326,6 +309,7 @@ def register(commands) -> None:
 def report(done: Restored) -> str:
     return (f"restored {done.runs} runs of {done.cells} cells into {done.uri} in {done.seconds:.1f} s"
             + (f"; {done.skipped} runs were already there" if done.skipped else "")
+            + f"; {done.checkpoints} checkpoint(s) attached (those present here: `dvc pull` fetches the rest)"
             + "\n  each is tagged misfit.restored=true and misfit.original_run_id=<the id in the report>; "
               "browse them with: misfit ui")
 

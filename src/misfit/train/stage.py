@@ -31,6 +31,8 @@ from misfit.core.study import recommended_in, studies_of
 from misfit.core.tasks import TASKS
 from misfit.data.load import CellData, load_cell_data
 from misfit.data.split import draw_dir, read_split_manifest
+from misfit.track.entries import (epoch_values, parent_status, parent_summary, parent_tags, run_status,
+                                  trained_finals, trained_tags)
 from misfit.track.runs import check_store, check_timeout, tracking_uri
 from misfit.train.loop import CellTrainer, Member, SeedOutcome
 from misfit.train.model import model_summary
@@ -250,9 +252,7 @@ def log_epoch(stage: CellStage, runs, epoch: int, outcomes: list[SeedOutcome]) -
         record = outcome.initial if epoch == 0 else (outcome.history or [{}])[-1]
         if record.get("epoch") != epoch:
             continue
-        values = dict(record)
-        values[f"valid_{stage.metric}"] = values.pop("valid_metric")
-        runs.log_metrics(member, values, step=epoch, wait=False)
+        runs.log_metrics(member, epoch_values(Epoch(**record), stage.metric), step=epoch, wait=False)
 
 
 def write_outputs(stage: CellStage, runs, outcomes: list[SeedOutcome], tags: dict,
@@ -276,12 +276,9 @@ def write_outputs(stage: CellStage, runs, outcomes: list[SeedOutcome], tags: dic
                 checkpoint=checkpoint, checkpoint_sha256=sha256,
                 initial=Epoch(**outcome.initial), history=[Epoch(**h) for h in outcome.history])
             trained.append(run)
-            finals = {f"best_valid_{metric}": run.valid_best, "best_epoch": run.best_epoch,
-                      "epochs_run": run.epochs_run}
-            runs.log_metrics(member, {k: v for k, v in finals.items() if v is not None})
-            runs.set_tags(member, {"status": run.status, "error": run.error or "-",
-                                   "checkpoint_sha256": sha256 or "-"})
-            runs.close(member, "FINISHED" if run.status == "ok" else "FAILED")
+            runs.log_metrics(member, trained_finals(run, metric))
+            runs.set_tags(member, trained_tags(run))
+            runs.close(member, run_status(run))
         _log_parent_summary(runs, trained, metric)
         phases.done("saving_checkpoints_and_closing_runs")
         write_record(root / RECORDS_DIR / f"{cell_id}.json", TrainRecord(
@@ -299,12 +296,6 @@ def write_outputs(stage: CellStage, runs, outcomes: list[SeedOutcome], tags: dic
 
 
 def _log_parent_summary(runs, trained: list[TrainedRun], metric: str) -> None:
-    values = [r.valid_best for r in trained if r.status == "ok" and r.valid_best is not None
-              and math.isfinite(r.valid_best)]
-    summary = {"n_runs": len(trained), "n_failed": sum(r.status != "ok" for r in trained)}
-    if values:
-        summary[f"best_valid_{metric}_median"] = statistics.median(values)
-    runs.log_metrics(None, summary)
-    failed = [f"draw {r.subset_seed} seed {r.seed}: {r.error}" for r in trained if r.status != "ok"]
-    runs.set_tags(None, {"status": "ok" if not failed else "failed", "error": "; ".join(failed) or "-"})
-    runs.close(None, "FINISHED" if not failed else "FAILED")
+    runs.log_metrics(None, parent_summary(trained, metric))
+    runs.set_tags(None, parent_tags(trained))
+    runs.close(None, parent_status(trained))
