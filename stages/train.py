@@ -8,7 +8,7 @@ from misfit.run.warm import run_in_worker
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python stages/train.py <cell id>")
-    code = run_in_worker(sys.argv[1])
+    code = run_in_worker("train", sys.argv[1])
     if code is None:
         from misfit.core.stage import run_stage
         from misfit.train.stage import train_cell

@@ -23,7 +23,7 @@ from conftest import REPO, run, synthetic_project
 from misfit.run import warm
 
 CELL = "regression-none-mse-zscore"
-STARTED = re.compile(r"started a warm worker \(pid (\d+)\)")
+STARTED = re.compile(r"started a warm \w+ worker \(pid (\d+)\)")
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_a_stage_forked_from_a_warm_worker_trains_what_its_own_process_trains(sm
     assert [r["history"][-1]["epoch"] for r in from_worker["runs"]] == [3, 3]
 
     again = stage(root, env)  # the same worker takes the next stage: no new start
-    assert again.returncode == 0 and "started a warm worker" not in again.stderr, again.stderr
+    assert again.returncode == 0 and "started a warm" not in again.stderr, again.stderr
     assert comparable(json.loads((root / "records" / f"{CELL}.json").read_text())) == comparable(by_itself)
 
     # the runs name the stage process (what DVC started) and the child that trained
@@ -126,7 +126,7 @@ def test_a_worker_serves_only_its_own_code_interpreter_and_environment(tmp_path)
     package = tmp_path / "misfit"
     shutil.copytree(REPO / "src" / "misfit", package, ignore=shutil.ignore_patterns("__pycache__"))
     before = warm.code_digest(package)
-    (package / "training.py").write_text((package / "training.py").read_text() + "\n# changed\n")
+    (package / "train" / "model.py").write_text((package / "train" / "model.py").read_text() + "\n# changed\n")
     assert warm.code_digest(package) != before
 
     key = warm.worker_key(REPO, {"HOME": "/root"})
@@ -134,6 +134,36 @@ def test_a_worker_serves_only_its_own_code_interpreter_and_environment(tmp_path)
     for name in ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTHONHASHSEED", "MLFLOW_TRACKING_URI"):
         assert warm.worker_key(REPO, {"HOME": "/root", name: "1"}) != key, name
     assert warm.worker_key(tmp_path, {"HOME": "/root"}) != key  # another checkout
+    assert warm.worker_key(REPO, {"HOME": "/root"}, "evaluate") != key  # another stage kind
+
+
+def test_an_evaluate_stage_forked_from_a_warm_worker_scores_what_its_own_process_scores(small):
+    root, env = small
+    trained = stage(root, env, MISFIT_WARM="0")
+    assert trained.returncode == 0, trained.stderr
+    run(["dvc", "repro", "evaluate-inputs"], root, env)
+
+    def evaluate(**extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+        done = subprocess.run([sys.executable, "stages/evaluate.py", CELL], cwd=root, capture_output=True,
+                              text=True, env={**env, "PYTHONPATH": "src", **extra}, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done, {name: json.loads((root / name / f"{CELL}.json").read_text())
+                      for name in ("evaluations", "metrics")}
+
+    alone, by_itself = evaluate(MISFIT_WARM="0")
+    assert "warm" not in alone.stderr
+    forked, from_worker = evaluate()
+    assert "started a warm evaluate worker" in forked.stderr, forked.stderr
+    assert without_seconds(from_worker) == without_seconds(by_itself)
+
+
+def without_seconds(value):
+    """A record less its wall-clock figures (everything named *seconds* or *_ms*)."""
+    if isinstance(value, dict):
+        return {k: without_seconds(v) for k, v in value.items() if "seconds" not in k and not k.endswith("_ms")}
+    if isinstance(value, list):
+        return [without_seconds(v) for v in value]
+    return value
 
 
 # -- signals: a stage long enough to be caught mid-training
