@@ -21,9 +21,8 @@ from conftest import (
 )
 
 CELLS = ["regression-none-mse-zscore", "binary-logits-ce"]
-PUBLISHED_SUBJECTS = ["Study: the report", "Study: train@binary-logits-ce",
-                      "Study: train@regression-none-mse-zscore",
-                      "Study: the data stages and the train inputs (code md5s, shared params)"]
+PUBLISHED_SUBJECTS = ["Study: the report", "Study: binary-logits-ce", "Study: regression-none-mse-zscore",
+                      "Study: the data stages and the train and evaluate inputs (code md5s, shared params)"]
 
 
 def publish(project, env):
@@ -45,7 +44,8 @@ def test_a_study_published_cell_by_cell_resumes_in_a_fresh_clone_training_only_w
     run(["git", "commit", "-q", "-m", "the publish script and a DVC remote"], project, env)
 
     first = publish(project, env)
-    assert stages_run(first.stdout)[-3:] == [f"train@{cell}" for cell in CELLS] + ["report"], first.stdout
+    assert stages_run(first.stdout)[-5:] == [f"{stage}@{cell}" for cell in CELLS for stage in ("train", "evaluate")
+                                             ] + ["report"], first.stdout
     assert commit_subjects(project, env)[:4] == PUBLISHED_SUBJECTS
     assert run(["git", "status", "--porcelain"], project, env).stdout == ""
 
@@ -54,7 +54,8 @@ def test_a_study_published_cell_by_cell_resumes_in_a_fresh_clone_training_only_w
     clone = fresh_clone(project, tmp_path / "clone", env)
     run(["git", "reset", "-q", "--hard", "HEAD~2"], clone, env)
     resumed = publish(clone, env)
-    assert stages_run(resumed.stdout) == ["train@binary-logits-ce", "report"], resumed.stdout
+    assert stages_run(resumed.stdout) == ["train@binary-logits-ce", "evaluate@binary-logits-ce", "report"], \
+        resumed.stdout
     assert commit_subjects(clone, env)[:4] == PUBLISHED_SUBJECTS
     restored = "regression-none-mse-zscore"
     for path in (f"records/{restored}.json", f"models/{restored}/seed0.pt", "data/labels/train.npz"):

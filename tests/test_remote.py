@@ -15,9 +15,9 @@ CELLS = ["regression-none-mse-zscore", "binary-softmax-ce"]
 CACHED = ("data", "models")
 
 
-# outputs kept in git: the main draw's label summary, the train code's md5s and shared params
-# (train-inputs stage)
-IN_GIT = (".gitignore", "label_summary.json", "train_inputs.json")
+# outputs kept in git: the main draw's label summary, the train and evaluate code's md5s and
+# shared params (train-inputs, evaluate-inputs stages)
+IN_GIT = (".gitignore", "label_summary.json", "train_inputs.json", "evaluate_inputs.json")
 
 
 def digests(root, top: str) -> dict[str, str]:
