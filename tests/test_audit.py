@@ -36,6 +36,14 @@ def in_project(project, monkeypatch):
 
 
 def record(root: Path, cell: str = CELL) -> dict:
+    """The cell's train record with each run's evaluation (its test number) joined in."""
+    from misfit.core.record import load_joined
+
+    return load_joined(root / "records", root / "evaluations", cell)
+
+
+def raw_record(root: Path, cell: str = CELL) -> dict:
+    """records/<cell>.json as written."""
     return json.loads((root / "records" / f"{cell}.json").read_text())
 
 
@@ -75,7 +83,7 @@ def test_by_cell_id_prints_config_data_code_metrics_runs_and_commands(project):
         "protocol  lr=0.001", "max_epochs=3", "data      subset_seed=0 n_train=200 n_valid=100 n_test=100",
         "seeds     [0, 1]", f"cell digest   {rec['cell_digest']}",
         f"dataset sha256  {rec['data']['dataset_sha256']}",
-        *(rec["data"]["splits"][s]["sha256"] for s in ("train", "valid", "test")),
+        *(rec["data"]["splits"][s]["sha256"] for s in ("train", "valid")),
         f"git commit {head} (dirty: false)", "md5 ", "src/misfit/train/loop.py",
         f"parent run    {rec['parent_run_id']}",
         f"git checkout {head}", f"MNIST_MIRROR={env['MNIST_MIRROR']}", f"MNIST_MANIFEST={env['MNIST_MANIFEST']}",
@@ -188,8 +196,10 @@ def test_json_schema(project):
     reproduce = report["reproduce"]
     assert reproduce["env"]["MNIST_MIRROR"] == env["MNIST_MIRROR"]
     assert reproduce["env"]["OMP_NUM_THREADS"] == rec["tags"]["threads"]
-    assert reproduce["commands"][0] == f"git checkout {rec['tags']['git_commit']}"
-    assert reproduce["commands"][-1] == f"dvc repro --force --single-item train@{CELL}"
+    assert reproduce["commands"][-len(rec["runs"]):] == [f"misfit reproduce {r['run_id']}" for r in rec["runs"]]
+    whole = reproduce["whole_cell"]["commands"]
+    assert whole[0] == f"git checkout {rec['tags']['git_commit']}" and "MISFIT_RETRAIN=1" in whole[1]
+    assert whole[-1] == f"dvc repro --force --single-item train@{CELL} evaluate@{CELL}"
     assert reproduce["expect"]["test"] == {**{str(r["seed"]): r["test"] for r in main_runs(rec)},
                                            "draw 1 seed 0": rec["runs"][-1]["test"]}
     assert report["disagreements"] == []
@@ -302,7 +312,7 @@ def test_new_commit_since_the_run(in_project):
     assert f"made at commit {recorded[:12]}, HEAD is {head[:12]}" in report["disagreements"][0]["message"]
     assert "none changed between them" in report["disagreements"][0]["message"]
     assert report["disagreements"][0]["train_files_changed"] == []
-    assert report["reproduce"]["commands"][0] == f"git checkout {recorded}"
+    assert report["reproduce"]["whole_cell"]["commands"][0] == f"git checkout {recorded}"
 
 
 def test_new_commit_that_changes_the_train_code_names_the_file(in_project):
@@ -337,7 +347,8 @@ def test_run_made_with_uncommitted_params_is_reproduced_with_its_own_values(in_p
     # as if the run had been made at `later` with the first params.yaml edited in, uncommitted
     record_file = in_project / "records" / f"{CELL}.json"
     record_text = record_file.read_text()
-    record_file.write_text(json.dumps({**rec, "tags": {**rec["tags"], "git_commit": later}}))
+    raw = raw_record(in_project)
+    record_file.write_text(json.dumps({**raw, "tags": {**raw["tags"], "git_commit": later}}))
     try:
         report = audit(in_project, CELL)
     finally:
@@ -348,11 +359,11 @@ def test_run_made_with_uncommitted_params_is_reproduced_with_its_own_values(in_p
     assert fields == {f"cells.{CELL}": "<absent>", "protocol.max_epochs": 5}
     cell = ('{task:"regression",activation:"none",loss:"mse",variant:"zscore",loss_input:"output",'
             'outputs:null,seeds:null,draws:true}')
-    assert report["reproduce"]["commands"][0] == f"git checkout {later}"
+    assert report["reproduce"]["whole_cell"]["commands"][0] == f"git checkout {later}"
     # Hydra's override grammar, as `dvc exp run -S` reads it; `+` adds a key the file lacks
-    assert report["reproduce"]["commands"][-1] == (
-        f"dvc exp run --force -S '+cells.{CELL}={cell}' -S protocol.max_epochs=3 train@{CELL}")
-    assert "dvc repro label-derive train-inputs" not in report["reproduce"]["commands"]
+    assert report["reproduce"]["whole_cell"]["commands"][-1] == (
+        f"dvc exp run --force -S '+cells.{CELL}={cell}' -S protocol.max_epochs=3 evaluate@{CELL}")
+    assert "dvc repro label-derive train-inputs evaluate-inputs" not in report["reproduce"]["whole_cell"]["commands"]
 
 
 def test_dvc_lock_and_working_tree_code_differ_from_the_run(in_project):
@@ -392,7 +403,8 @@ def test_without_its_record_the_store_answers(in_project, tmp_path):
             rec["cell"], rec["protocol"], rec["data"]["config"], rec["seeds"])
         assert report["digests"]["cell"] == rec["cell_digest"]
         assert report["data_identity"]["dataset_sha256"] == rec["data"]["dataset_sha256"]
-        assert {k: v["sha256"] for k, v in report["data_identity"]["splits"].items()} == {
+        # the store also holds the test split, which evaluate@ logs; the record, train's splits
+        assert {k: v["sha256"] for k, v in report["data_identity"]["splits"].items() if k != "test"} == {
             k: v["sha256"] for k, v in rec["data"]["splits"].items()}
         assert report["code"]["git_commit"] == rec["tags"]["git_commit"]
     assert [(r["seed"], r["run_id"], r["test"], r["valid_best"], r["best_epoch"], r["config_digest"])
@@ -426,7 +438,9 @@ def test_printed_commands_reproduce_the_number_in_a_fresh_clone(project, tmp_pat
     run(["git", "clone", "-q", str(root), str(clone)], tmp_path, env)
     assert not (clone / "data").exists() and not (clone / "models").exists()
     # the printed lines, as a shell runs them; the environment is only what they export
-    script = "set -eu\n" + "\n".join(report["reproduce"]["commands"]) + "\n"
+    # the whole cell through DVC: this study's records are not committed, so `misfit reproduce`
+    # (tests/test_reproduce.py) has no run to find in a clone
+    script = "set -eu\n" + "\n".join(report["reproduce"]["whole_cell"]["commands"]) + "\n"
     done = subprocess.run(["bash", "-c", script], cwd=clone, env=base_env(), capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -43,10 +43,11 @@ def code_of(entry: Path) -> set[str]:
 
 
 def declared_code(stage: dict) -> set[str]:
-    """A stage's deps, and through data/train_inputs.json those of the train-inputs stage."""
+    """A stage's deps, and through data/<train|evaluate>_inputs.json those of the <kind>-inputs stage."""
     deps = set(stage["deps"])
-    if "data/train_inputs.json" in deps:
-        deps |= set(STAGES["train-inputs"]["deps"])
+    for kind in ("train", "evaluate"):
+        if f"data/{kind}_inputs.json" in deps:
+            deps |= set(STAGES[f"{kind}-inputs"]["deps"])
     return deps
 
 

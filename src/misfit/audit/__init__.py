@@ -69,4 +69,4 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(render_json(facts) if args.json else render_text(facts), end="")
-    return 0
+    return facts.exit_status  # non-zero when a checkpoint here is not the file its record hashed

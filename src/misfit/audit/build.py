@@ -165,8 +165,10 @@ def _whole_cell(audit: Audit, env: dict[str, str]) -> list[str]:
     """Every run of the cell retrained and re-scored by its DVC stages, at the run's commit
     (new MLflow runs; rewrites models/<cell>/, records/ and evaluations/)."""
     commit, cell = audit.tags.get("git_commit", "unknown"), audit.cell
+    # deliberate: train@ refuses to repeat a committed record's runs otherwise (misfit.train.stage)
     commands = [f"git checkout {commit}" if commit != "unknown"
-                else "# no commit recorded: check out the code whose md5s are listed above", _export(env)]
+                else "# no commit recorded: check out the code whose md5s are listed above",
+                _export({**env, "MISFIT_RETRAIN": "1"})]
     restore = checks.params_at_commit(audit, commit) if commit != "unknown" else []
     if restore:
         # dvc exp run -S writes the run's values into params.yaml before anything runs, so
