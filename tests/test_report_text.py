@@ -33,18 +33,18 @@ def test_a_collapse_to_the_minority_answer_is_named_as_such():
     assert "as much as the best constant answer" in line
 
 
-def test_the_published_report_does_not_depend_on_the_hash_seed(tmp_path):
-    """The report of the committed records, made in processes with different string hashing,
-    is the same text: DVC would otherwise see a changed output of unchanged inputs.
-    (The diagnostics' recommended rows once came out in a set's order.)"""
+def test_the_published_report_does_not_depend_on_the_hash_seed(published, tmp_path):
+    """The report of a published study's committed records, made in processes with different
+    string hashing, is the same text: DVC would otherwise see a changed output of unchanged
+    inputs. (The diagnostics' recommended rows once came out in a set's order.)"""
     import shutil
     import subprocess
     import sys
-    from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
-    for name in ("src", "stages", "records", "metrics", "reference", "params.yaml", "data/label_summary.json"):
-        source, target = repo / name, tmp_path / name
+    project = published[0]
+    for name in ("src", "stages", "records", "evaluations", "metrics", "reference", "params.yaml",
+                 "data/label_summary.json"):
+        source, target = project / name, tmp_path / name
         target.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
     texts = set()
