@@ -110,16 +110,23 @@ def download_with_torchvision(staging: Path) -> dict[str, str]:
     try:
         for train in (True, False):
             MNIST(root=root, train=train, download=True)
-    except RuntimeError as error:
+    except (RuntimeError, OSError) as error:
+        # one line: torchvision's message lists every mirror it tried over several lines
         raise DataError(
-            f"could not download MNIST with torchvision: {error}\n"
-            f"Without internet access, set {MIRROR_ENV} to a directory holding the four "
-            "IDX files (.gz or uncompressed)."
+            f"could not download MNIST with torchvision ({_last_line(error)}); data/raw is left "
+            f"as it was. Without internet access, set {MIRROR_ENV} to a directory holding the "
+            "four IDX files (.gz or uncompressed)."
         ) from None
     for name in MNIST_SHA256:
         os.replace(root / "MNIST" / "raw" / name, staging / name)
     shutil.rmtree(root)
     return {name: f"{name} as downloaded by torchvision" for name in MNIST_SHA256}
+
+
+def _last_line(error: BaseException) -> str:
+    """The last non-empty line of an error's message: the cause, for a multi-line one."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def check_idx_header(path: Path, shape: tuple[int, ...], label: str | None = None) -> None:
