@@ -14,6 +14,8 @@ import pytest
 import yaml
 from conftest import base_env, run, synthetic_project
 
+pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
+
 CELL = "regression-none-mse-zscore"  # an MSE: a float that bit-identity is meaningful for
 OTHER = "binary-logits-ce"  # with CELL, one cell in each study: the report renders every study
 CELLS = [CELL, OTHER]

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import PUBLISHED_CELLS, run
 
+pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
+
 CELL = PUBLISHED_CELLS[0]  # regression-none-mse-zscore: two seeds and one run on a further draw
 EXIT_CHECKPOINT_DIFFERS = 3
 

@@ -17,6 +17,8 @@ from types import SimpleNamespace
 import pytest
 from conftest import free_port, synthetic_project, wait_for_health
 
+pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
+
 CELLS = ["regression-none-mse-zscore", "binary-logits-ce"]  # one cell in each study
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -16,6 +16,8 @@ import pytest
 import yaml
 from conftest import PUBLISHED_CELLS, base_env, fresh_clone, run
 
+pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
+
 CELL = PUBLISHED_CELLS[0]
 RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")
 

@@ -161,6 +161,7 @@ def test_runs_on_different_draws_batched_equal_each_run_alone():
         assert_same_outcome(outcome, alone, f"draw {member.subset_seed} seed {member.seed}")
 
 
+@pytest.mark.slow
 def test_train_stage_twice_gives_identical_records(tmp_path):
     """`dvc repro -f train@<cell>` twice in a real project: the records differ only in run ids
     and wall-clock times; every epoch of every seed and every checkpoint tensor is equal."""

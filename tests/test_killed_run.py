@@ -36,7 +36,9 @@ from conftest import (
     synthetic_mnist,
 )
 
-# one cell per study of src/misfit/study.py, so the report has every section
+pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
+
+# one cell per study of src/misfit/core/study.py, so the report has every section
 CELLS = ["regression-none-mse-zscore", "binary-logits-ce"]
 EPOCH_LINE = re.compile(r"^(\S+) epoch +\d+ \|")
 

@@ -119,6 +119,7 @@ def strict_json(text: str):
     return json.loads(text, parse_constant=reject)
 
 
+@pytest.mark.slow
 def test_nonfinite_values_reach_records_results_report_and_mlflow(tmp_path, monkeypatch, capsys):
     """The train stage on real files and a real MLflow store, with faults injected into two
     seeds; then DVC records the outputs and reports. Everything downstream stays valid JSON."""

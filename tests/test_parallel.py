@@ -39,7 +39,9 @@ from conftest import (
     synthetic_mnist,
 )
 
-# every study of src/misfit/study.py has a cell here, and one cell fails by design (BCE
+pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
+
+# every study of src/misfit/core/study.py has a cell here, and one cell fails by design (BCE
 # rejects z-scored targets): a failed cell must be counted as carefully as the others
 CELLS = ["regression-none-mse-zscore", "regression-none-bce-zscore", "probability-sigmoid-bce",
          "binary-softmax-ce", "multiclass-logits-ce", "multilabel-sigmoid-bce"]

@@ -12,6 +12,8 @@ import pytest
 import yaml
 from conftest import REPO, SHARED_MNIST, base_env, make_project, run
 
+pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
+
 # one cell per task and the study's interesting failures; the smoke profile keeps them all
 CELLS = ["regression-none-mse-zscore", "regression-none-bce-zscore", "regression-sigmoid-mse-zscore",
          "probability-softmax-ce", "binary-softmax-ce", "multiclass-softmax-mse",

@@ -8,6 +8,8 @@ import pytest
 import yaml
 from conftest import run, stages_run, synthetic_project
 
+pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
+
 CELLS = ["regression-none-mse-zscore", "regression-none-bce-zscore", "probability-softmax-ce",
          "binary-softmax-ce", "multiclass-sigmoid-mse", "multilabel-logits-bcelogits"]
 

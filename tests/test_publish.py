@@ -19,6 +19,9 @@ from conftest import (
     stages_run,
     synthetic_mnist,
 )
+import pytest
+
+pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
 
 CELLS = ["regression-none-mse-zscore", "binary-logits-ce"]
 PUBLISHED_SUBJECTS = ["Study: the report", "Study: binary-logits-ce", "Study: regression-none-mse-zscore",

@@ -10,6 +10,9 @@ from __future__ import annotations
 import hashlib
 
 from conftest import assert_pipeline_current, base_env, make_project, run, small_params, synthetic_mnist
+import pytest
+
+pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
 
 CELLS = ["regression-none-mse-zscore", "binary-softmax-ce"]
 CACHED = ("data", "models")

@@ -1,6 +1,8 @@
 """How the report words a cell's modes: runs that differ only in a measured number are one group."""
 from __future__ import annotations
 
+import pytest
+
 from misfit.report.document import _detail_groups
 
 
@@ -33,6 +35,7 @@ def test_a_collapse_to_the_minority_answer_is_named_as_such():
     assert "as much as the best constant answer" in line
 
 
+@pytest.mark.slow
 def test_the_published_report_does_not_depend_on_the_hash_seed(published, tmp_path):
     """The report of a published study's committed records, made in processes with different
     string hashing, is the same text: DVC would otherwise see a changed output of unchanged

@@ -14,6 +14,8 @@ import pytest
 import yaml
 from conftest import PUBLISHED_CELLS, run
 
+pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
+
 CELL = PUBLISHED_CELLS[0]  # regression-none-mse-zscore: an MSE, seeds 0 and 1, draw 1 seed 0
 PUBLISHED_OUTPUTS = ("models", "records", "evaluations", "metrics", "predictions", "mlruns")
 

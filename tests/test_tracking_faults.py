@@ -11,6 +11,8 @@ import time
 import pytest
 from conftest import base_env, free_port, make_project, run, small_params, synthetic_mnist
 
+pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
+
 CELL = "binary-softmax-ce"
 
 

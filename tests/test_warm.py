@@ -22,6 +22,8 @@ from conftest import REPO, run, synthetic_project
 
 from misfit.run import warm
 
+pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
+
 CELL = "regression-none-mse-zscore"
 STARTED = re.compile(r"started a warm \w+ worker \(pid (\d+)\)")
 

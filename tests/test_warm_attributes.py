@@ -17,6 +17,8 @@ import pytest
 from conftest import REPO
 from test_warm import CELL, STARTED, LongStage, alive, comparable, long, small, sockets, wait_until  # noqa: F401
 
+pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
+
 AFFINITY = {0}
 NOFILE = 512
 

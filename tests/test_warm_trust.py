@@ -18,6 +18,8 @@ from test_warm import CELL, small, sockets  # noqa: F401
 
 from misfit.run import warm
 
+pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
+
 NOBODY = 65534
 
 
