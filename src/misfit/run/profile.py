@@ -195,7 +195,9 @@ def run_profile(root: Path, name: str, dry_run: bool = False) -> int:
     carried = modified_tracked_files(root)
     if carried:  # dvc exp run carries them into the copy; they stay here as they are
         print(f"note: the run includes uncommitted changes to {', '.join(carried)}")
-    env = dict(os.environ)
+    from misfit.track.runs import PROFILE_ENV
+
+    env = {**os.environ, PROFILE_ENV: profile.name}  # train@ and evaluate@ tag their runs with it
     uri = prepare_store(root, experiment, env)
     print(f"profile {profile.name}: {profile.description}\n$ {shlex.join(command)}", flush=True)
     done = subprocess.run(command, cwd=root, env=env)

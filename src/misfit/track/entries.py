@@ -61,5 +61,6 @@ def evaluation_numbers(run: EvaluatedRun, metric: str) -> dict[str, float]:
     return _numbers(numbers)
 
 
-def evaluation_tags(run: EvaluatedRun) -> dict[str, str]:
-    return {"checkpoint_sha256_verified": run.checkpoint_sha256, "matches_record": str(run.matches_record).lower()}
+def evaluation_tags(run: EvaluatedRun, profile: str) -> dict[str, str]:
+    return {"checkpoint_sha256_verified": run.checkpoint_sha256, "matches_record": str(run.matches_record).lower(),
+            "evaluated_under_profile": profile}

@@ -396,6 +396,14 @@ def killed_on_signal(runs_holder: list, grace: float = 30.0) -> Iterator[None]:
         closer.join()  # returns at once, unless a signal came: then the process ends there
 
 
+PROFILE_ENV = "MISFIT_PROFILE"  # set by `misfit profile NAME` (misfit.run.profile) for its stages
+
+
+def profile_name() -> str:
+    """The profile a stage runs under: "study" unless `misfit profile NAME` started it; its runs carry it as a tag."""
+    return os.environ.get(PROFILE_ENV) or "study"
+
+
 class EvaluationLog:
     """What the evaluate stage adds to the runs train@<cell> created (and closed): each run's
     test and re-scored valid numbers, its calibration, the test dataset, its checkpoint.

@@ -33,7 +33,7 @@ from misfit.data.load import CellData, load_cell_data
 from misfit.data.split import draw_dir, read_split_manifest
 from misfit.track.entries import (epoch_values, parent_status, parent_summary, parent_tags, run_status,
                                   trained_finals, trained_tags)
-from misfit.track.runs import check_store, check_timeout, tracking_uri
+from misfit.track.runs import check_store, check_timeout, profile_name, tracking_uri
 from misfit.train.loop import CellTrainer, Member, SeedOutcome
 from misfit.train.model import model_summary
 from misfit.train.runtime import configure
@@ -48,6 +48,7 @@ def run_tags(cell_id: str, cell: CellConfig, root: Path, device: torch.device, d
         "study": ",".join(studies) or "-",
         "recommended": ",".join(s for s in studies if recommended_in(cell_id, s)) or "no",
         "dvc_stage": f"train@{cell_id}", "device": str(device), "threads": str(torch.get_num_threads()),
+        "profile": profile_name(),
         "cell_digest": digest, **git_state(root),
     }
     tags.update({f"version.{name}": value for name, value in versions().items()})
