@@ -7,7 +7,9 @@
 # stage dvc.lock already pins is restored from the remote (`--pull`), not retrained, and a
 # cell already published (up to date and committed) is passed over without a DVC call.
 #
-#   MNIST_MIRROR=<dir> scripts/publish_study.sh [remote]   # remote: a `dvc remote` name
+#   MNIST_MIRROR=<dir> [STUDY_TAG=study-v6] scripts/publish_study.sh [remote]   # remote: a `dvc remote` name
+#
+# STUDY_TAG names the finished study: an annotated git tag on the report's commit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 remote=${1:-}
@@ -37,4 +39,5 @@ done
 dvc repro report
 git add dvc.lock reports  # reports/plots/ included: `dvc plots show` reads it
 git diff --cached --quiet || git commit -q -m "Study: the report"
+if [ -n "${STUDY_TAG:-}" ]; then git tag -a "$STUDY_TAG" -m "The study as published: every cell and the report"; fi
 echo "== $(date -u +%FT%TZ) done"
