@@ -42,9 +42,14 @@ SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
 IMPORTS = "import torch, mlflow, torchinfo, misfit.train.stage"
 
 
-def smoke_overrides(readme: Path) -> list[str]:
-    """The -S overrides of the README's smoke command, applied the way `dvc exp run -S` would."""
-    line = next(l for l in readme.read_text().splitlines() if l.strip().startswith("dvc exp run -S"))
+def smoke_overrides(root: Path) -> list[str]:
+    """The smoke profile's overrides as `key=value` (profiles/smoke.yaml, which `misfit profile
+    smoke` runs), or, for commits before profiles, the -S overrides of the README's smoke command."""
+    profile = root / "profiles" / "smoke.yaml"
+    if profile.exists():
+        return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
+                for key, value in yaml.safe_load(profile.read_text())["set"].items()]
+    line = next(l for l in (root / "README.md").read_text().splitlines() if l.strip().startswith("dvc exp run -S"))
     words = shlex.split(line.strip())
     return [words[i + 1] for i, word in enumerate(words) if word == "-S"]
 
@@ -73,13 +78,13 @@ def prepared_clone(rev: str, clone: Path, env: dict, keep_cells: int | None) -> 
     run(["git", "clone", "-q", str(ROOT), str(clone)], clone.parent, env)
     run(["git", "checkout", "-q", rev], clone, env)
     params = yaml.safe_load((clone / "params.yaml").read_text())
-    overrides = [o for o in smoke_overrides(ROOT / "README.md")
+    overrides = [o for o in smoke_overrides(ROOT)
                  if not (o.startswith("draws.") and "draws" not in params)]
     params = apply_overrides(params, overrides)
     if keep_cells:
         params["cells"] = dict(list(params["cells"].items())[:keep_cells])
     (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["dvc", "repro", "label-derive"], clone, env)  # train-inputs (older commits: none) counts in the timing
+    run(["dvc", "repro", "label-derive"], clone, env)  # train-/evaluate-inputs count in the timing
     return clone
 
 
@@ -109,20 +114,26 @@ def phase_totals(clone: Path) -> dict[str, float]:
 def stage_parts(clone: Path, env: dict, cells: int, wall: float) -> dict[str, float]:
     """Where the smoke profile's wall time went, summed over its stages."""
     imports = process_seconds([sys.executable, "-c", IMPORTS], clone, env)
-    warm = env.get("MISFIT_WARM", "1") != "0" and (clone / "src" / "misfit" / "warm.py").exists()
-    if warm:  # one worker start; each stage a small process that hands its cell to the worker
-        stage_process = process_seconds([sys.executable, "-c", "import misfit.run.warm"], clone, env)
-        parts = {"stage processes: interpreter, misfit.run.warm, hand-over (x stages)": stage_process * cells,
-                 "warm worker: interpreter and imports (once)": imports}
+    # the warm worker's module: src/misfit/run/warm.py since the packages, src/misfit/warm.py before
+    module = next((name for name, path in (("misfit.run.warm", "run/warm.py"), ("misfit.warm", "warm.py"))
+                   if (clone / "src" / "misfit" / path).exists()), None)
+    stages = cells * (2 if (clone / "stages" / "evaluate.py").exists() else 1)  # train@ (and evaluate@) per cell
+    if env.get("MISFIT_WARM", "1") != "0" and module:  # a worker start per stage kind; each stage hands over
+        stage_process = process_seconds([sys.executable, "-c", f"import {module}"], clone, env)
+        parts = {f"stage processes: interpreter, {module}, hand-over (x {stages} stages)": stage_process * stages,
+                 "warm workers: interpreter and imports (once per stage kind)": imports}
     else:
         python = process_seconds([sys.executable, "-c", "pass"], clone, env)
-        parts = {"interpreter start (x stages)": python * cells,
-                 "imports: torch, mlflow, torchinfo, misfit (x stages)": (imports - python) * cells}
+        parts = {"interpreter start (x stages)": python * stages,
+                 "imports: torch, mlflow, torchinfo, misfit (x stages)": (imports - python) * stages}
     parts.update({f"train stage: {name}": seconds for name, seconds in phase_totals(clone).items()})
+    evaluated = [json.loads(p.read_text()).get("seconds", 0.0) for p in sorted((clone / "evaluations").glob("*.json"))]
+    if evaluated:
+        parts["evaluate stages: in-stage (scoring, calibration, MLflow, writing)"] = sum(evaluated)
     # its outputs come out the same again: the smoke run's records are unchanged
     parts["report stage (its process, run again on its own)"] = process_seconds(
         [sys.executable, "stages/report.py"], clone, env, repeats=1)
-    parts["DVC and the train stages' ends (the rest)"] = wall - sum(parts.values())
+    parts["DVC and the stages' ends (the rest)"] = wall - sum(parts.values())
     return parts
 
 
