@@ -47,7 +47,7 @@ def smoke_overrides(root: Path) -> list[str]:
     smoke` runs), or, for commits before profiles, the -S overrides of the README's smoke command."""
     profile = root / "profiles" / "smoke.yaml"
     if profile.exists():
-        return [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip()}"
+        return [f"{key}={json.dumps(value)}"  # JSON is YAML: apply_overrides reads it back
                 for key, value in yaml.safe_load(profile.read_text())["set"].items()]
     line = next(l for l in (root / "README.md").read_text().splitlines() if l.strip().startswith("dvc exp run -S"))
     words = shlex.split(line.strip())
