@@ -1,10 +1,10 @@
-"""`dvc exp run` of the README's smoke profile on the real MNIST copy, end to end."""
+"""The smoke profile's overrides (profiles/smoke.yaml, what `misfit profile smoke` runs) on the
+real MNIST copy, end to end, in a project of its own (`dvc exp run` in its workspace)."""
 from __future__ import annotations
 
 import json
 import os
 import re
-import shlex
 import sqlite3
 from pathlib import Path
 
@@ -20,12 +20,13 @@ CELLS = ["regression-none-mse-zscore", "regression-none-bce-zscore", "regression
          "multilabel-logits-bcelogits"]
 
 
-def readme_smoke_overrides() -> list[str]:
-    """The -S overrides of the smoke command the README documents (so the README stays true)."""
-    readme = (REPO / "README.md").read_text()
-    line = next(l for l in readme.splitlines() if l.strip().startswith("dvc exp run -S"))
-    words = shlex.split(line.strip())
-    return [words[i + 1] for i, word in enumerate(words) if word == "-S"]
+def smoke_overrides() -> list[str]:
+    """The smoke profile's `-S` overrides, as `misfit profile smoke` passes them (so the profile stays true)."""
+    from misfit.run.profile import load_profile, set_args
+
+    profile = load_profile(REPO, "smoke")
+    args = set_args(profile, "misfit-smoke")
+    return [args[i + 1] for i, word in enumerate(args) if word == "-S"]
 
 
 def mnist_mirror() -> str:
@@ -38,7 +39,7 @@ def smoke(tmp_path_factory):
     project = make_project(tmp_path_factory.mktemp("mnist") / "project")
     all_cells = yaml.safe_load((project / "params.yaml").read_text())["cells"]
     drop = [f"~cells.{cell}" for cell in all_cells if cell not in CELLS]
-    args = [arg for override in readme_smoke_overrides() + drop for arg in ("-S", override)]
+    args = [arg for override in smoke_overrides() + drop for arg in ("-S", override)]
     env = base_env(MNIST_MIRROR=mnist_mirror())
     first = run(["dvc", "exp", "run", *args], project, env)
     return project, env, first
