@@ -53,7 +53,7 @@ def test_nan_loss_fails_only_that_seed():
 
     def diverge_seed_1(epoch, outcomes):
         if epoch == 2:
-            set_bias(trainer.params[1], NAN)
+            set_bias(trainer.runs[1].params, NAN)
 
     seed0, seed1, seed2 = trainer.run(diverge_seed_1)
     assert seed1.status == "failed"
@@ -85,11 +85,11 @@ def test_infinite_valid_metric_is_no_improvement_and_early_stopping_still_stops(
     cell = cell_config("regression-sigmoid-mse-raw")
     trainer = CellTrainer.one_draw(cell, protocol(max_epochs=15, patience=patience), [0, 1, 2],
                           synthetic_cell_data(cell.task), CPU)
-    set_bias(trainer.params[2], SATURATED)  # saturated from the start: never finite
+    set_bias(trainer.runs[2].params, SATURATED)  # saturated from the start: never finite
 
     def saturate_seed_1(epoch, outcomes):
         if epoch == 4:
-            set_bias(trainer.params[1], SATURATED)
+            set_bias(trainer.runs[1].params, SATURATED)
 
     seed0, seed1, seed2 = trainer.run(saturate_seed_1)
 

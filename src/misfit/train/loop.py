@@ -132,155 +132,180 @@ def _grad_norms(params: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack([grad.norm() for grad in grads])
 
 
+@dataclass
+class Run:
+    """One run's state through training: its parameters, its own shuffle order and early
+    stopping, and what it has come to so far."""
+    index: int  # its row in the cell's per-run sums
+    member: Member
+    params: dict[str, torch.Tensor]
+    shuffler: torch.Generator
+    stopper: EarlyStopping
+    outcome: SeedOutcome
+
+    @property
+    def draw(self) -> int:
+        return self.member.subset_seed
+
+
 class CellTrainer:
     """Trains the runs of one cell together; see the module docstring."""
 
     def __init__(self, cell: CellConfig, protocol: ProtocolConfig, members: list[Member],
                  draws: dict[int, CellData], device: torch.device):
-        self.cell, self.protocol, self.members, self.device = cell, protocol, members, device
-        self.draws = draws
+        self.cell, self.protocol, self.device, self.draws = cell, protocol, device, draws
         self.targets = {d: CellTargets(cell, data.train.y) for d, data in draws.items()}
         self.loss_fn = CellLoss(cell)
         self.train_loss_target = {d: self.targets[d].loss_target(data.train.y) for d, data in draws.items()}
         self.valid_loss_target = {d: self.targets[d].loss_target(data.valid.y) for d, data in draws.items()}
-        self.params = [to_device(state, device) for state in initial_states(cell, [m.seed for m in members])]
+        higher = TASKS[cell.task].higher_is_better
+        states = initial_states(cell, [m.seed for m in members])
+        self.runs = [Run(i, m, to_device(state, device), torch.Generator().manual_seed(m.seed),
+                         EarlyStopping(protocol.patience, higher), SeedOutcome(m.seed, m.subset_seed))
+                     for i, (m, state) in enumerate(zip(members, states))]
         self.optimizer = torch.optim.AdamW(
-            [tensor for params in self.params for tensor in params.values()],
+            [tensor for run in self.runs for tensor in run.params.values()],
             lr=protocol.lr, weight_decay=protocol.weight_decay, fused=True,
         )
-        self.shufflers = [torch.Generator().manual_seed(m.seed) for m in members]
-        self.outcomes = [SeedOutcome(m.seed, m.subset_seed) for m in members]
-        higher = TASKS[cell.task].higher_is_better
-        self.stoppers = [EarlyStopping(protocol.patience, higher) for _ in members]
 
     @classmethod
     def one_draw(cls, cell: CellConfig, protocol: ProtocolConfig, seeds: list[int], data: CellData,
                  device: torch.device, subset_seed: int = 0) -> CellTrainer:
         return cls(cell, protocol, [Member(subset_seed, s) for s in seeds], {subset_seed: data}, device)
 
+    @property
+    def outcomes(self) -> list[SeedOutcome]:
+        return [run.outcome for run in self.runs]
+
     def run(self, on_epoch: Callable[[int, list[SeedOutcome]], None] | None = None) -> list[SeedOutcome]:
         self._record_initial()
         if on_epoch:
             on_epoch(0, self.outcomes)
         for epoch in range(1, self.protocol.max_epochs + 1):
-            active = [i for i, outcome in enumerate(self.outcomes) if outcome.running]
+            active = [run for run in self.runs if run.outcome.running]
             if not active:
                 break
             self._epoch(epoch, active)
             if on_epoch:
-                on_epoch(epoch, [self.outcomes[i] for i in active])
-        for outcome, stopper in zip(self.outcomes, self.stoppers):
-            if outcome.running:  # reached max_epochs
-                self._finish(outcome, stopper)
+                on_epoch(epoch, [run.outcome for run in active])
+        for run in self.runs:
+            if run.outcome.running:  # reached max_epochs
+                self._finish(run)
         return self.outcomes
 
-    def _valid_pass(self, active: list[int]) -> dict[int, dict]:
-        """Per run index: valid outputs, metric and diagnostics, one batched pass per draw."""
-        found = {}
-        for draw in sorted({self.members[i].subset_seed for i in active}):
-            rows = [i for i in active if self.members[i].subset_seed == draw]
-            data, targets = self.draws[draw], self.targets[draw]
-            outputs = batched_outputs([self.params[i] for i in rows], data.valid.x,
-                                      self.cell.model_activation, self.protocol.eval_batch_size)
-            scores = targets.per_sample_score(outputs, data.valid.y).mean(dim=-1).tolist()
-            diagnostics = {k: v.tolist() for k, v in targets.diagnostics(outputs, data.valid.y).items()}
-            for row, i in enumerate(rows):
-                found[i] = {"output": outputs[row], "valid_metric": scores[row],
-                            **{name: values[row] for name, values in diagnostics.items()}}
-        return found
-
-    def _record_initial(self) -> None:
-        """The valid scores before any update: a ReLU that starts dead shows here."""
-        everyone = list(range(len(self.members)))
-        for i, values in self._valid_pass(everyone).items():
-            output = values.pop("output")
-            draw = self.members[i].subset_seed
-            try:
-                valid_loss = loss_in_batches(self.loss_fn, output, self.valid_loss_target[draw],
-                                             self.protocol.batch_size)
-            except LossRejected:
-                valid_loss = math.nan  # the run fails on its first training batch, with the reason
-            self.outcomes[i].initial = {"epoch": 0, "valid_loss": valid_loss, **values}
-
-    def _epoch(self, epoch: int, active: list[int]) -> None:
+    def _epoch(self, epoch: int, active: list[Run]) -> None:
         started = time.perf_counter()
         loss_sums, grad_norms = self._train_epoch(epoch, active)
-        active = [i for i in active if self.outcomes[i].running]
+        active = [run for run in active if run.outcome.running]
         if not active:
             return
         valid = self._valid_pass(active)
-        n_train = len(self.draws[self.members[0].subset_seed].train.x)
+        n_train = len(self.draws[self.runs[0].draw].train.x)
         n_steps = math.ceil(n_train / self.protocol.batch_size)
         train_losses = (loss_sums / n_train).tolist()
         mean_grad_norms = (grad_norms / n_steps).tolist()
         seconds = time.perf_counter() - started
-        for i in active:
-            outcome, stopper = self.outcomes[i], self.stoppers[i]
-            values = valid[i]
-            output, score = values.pop("output"), values["valid_metric"]
+        for run in active:
+            values = valid[run.index]
+            output = values.pop("output")
             record = {
                 "epoch": epoch,
-                "train_loss": train_losses[i],
-                "valid_loss": self._valid_loss(outcome, output, self.members[i].subset_seed),
+                "train_loss": train_losses[run.index],
+                "valid_loss": self._valid_loss(run, output),
                 **values,
-                "grad_norm_fc_final": mean_grad_norms[0][i],
-                "grad_norm_conv1": mean_grad_norms[1][i],
+                "grad_norm_fc_final": mean_grad_norms[0][run.index],
+                "grad_norm_conv1": mean_grad_norms[1][run.index],
                 "seconds": seconds,
             }
-            record["improved"] = stopper.update(epoch, score)
-            outcome.history.append(record)
-            if record["improved"]:
-                outcome.best_epoch, outcome.best_valid = epoch, score
-                outcome.best_state = {k: v.detach().contiguous().cpu().clone() for k, v in self.params[i].items()}
-            if not math.isfinite(train_losses[i]):
-                outcome.fail(f"the training loss became {train_losses[i]} in epoch {epoch}")
-            elif stopper.should_stop:
-                self._finish(outcome, stopper)
+            self._keep(run, epoch, record)
 
-    def _finish(self, outcome: SeedOutcome, stopper: EarlyStopping) -> None:
-        if stopper.best is None:
-            outcome.fail(f"the valid {TASKS[self.cell.task].metric} was never finite "
-                         f"in {len(outcome.history)} epochs")
-        else:
-            outcome.status = "ok"
-
-    def _valid_loss(self, outcome: SeedOutcome, output: torch.Tensor, draw: int) -> float:
-        try:
-            return loss_in_batches(self.loss_fn, output, self.valid_loss_target[draw], self.protocol.batch_size)
-        except LossRejected as error:
-            self._reject(outcome, error, "validation")
-            return math.nan
-
-    def _reject(self, outcome: SeedOutcome, error: LossRejected, where: str) -> None:
-        outcome.fail(f"nn.{self.loss_fn.module.__class__.__name__} rejected the {where} batch: {error}")
-
-    def _train_epoch(self, epoch: int, active: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        n, batch = len(self.draws[self.members[0].subset_seed].train.x), self.protocol.batch_size
-        orders = {i: torch.randperm(n, generator=self.shufflers[i]).to(self.device) for i in active}
-        loss_sums = torch.zeros(len(self.members), dtype=torch.float64, device=self.device)
-        grad_norms = torch.zeros(2, len(self.members), dtype=torch.float64, device=self.device)
+    def _train_epoch(self, epoch: int, active: list[Run]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass over the training data: per batch, each active run's forward on its own
+        batch of its own draw, one backward through the sum of their losses, one AdamW step."""
+        n, batch = len(self.draws[self.runs[0].draw].train.x), self.protocol.batch_size
+        orders = {run.index: torch.randperm(n, generator=run.shuffler).to(self.device) for run in active}
+        loss_sums = torch.zeros(len(self.runs), dtype=torch.float64, device=self.device)
+        grad_norms = torch.zeros(2, len(self.runs), dtype=torch.float64, device=self.device)
         for start in range(0, n, batch):
             losses = []
-            for i in active:
-                if not self.outcomes[i].running:
+            for run in active:
+                if not run.outcome.running:
                     continue
-                draw = self.members[i].subset_seed
-                rows = orders[i][start : start + batch]
-                output = fast_forward(self.params[i], self.draws[draw].train.x[rows], self.cell.model_activation)
+                rows = orders[run.index][start : start + batch]
+                output = fast_forward(run.params, self.draws[run.draw].train.x[rows], self.cell.model_activation)
                 try:
-                    loss = self.loss_fn(output, self.train_loss_target[draw][rows])
+                    loss = self.loss_fn(output, self.train_loss_target[run.draw][rows])
                 except LossRejected as error:
-                    self._reject(self.outcomes[i], error, f"epoch {epoch} training")
+                    self._reject(run, error, f"epoch {epoch} training")
                     continue
                 losses.append(loss)
-                loss_sums[i] += loss.detach().double() * len(rows)
+                loss_sums[run.index] += loss.detach().double() * len(rows)
             if not losses:
                 break
             self.optimizer.zero_grad(set_to_none=True)
             torch.stack(losses).sum().backward()
-            grad_norms += torch.stack([_grad_norms(params) for params in self.params], dim=1).double()
+            grad_norms += torch.stack([_grad_norms(run.params) for run in self.runs], dim=1).double()
             self.optimizer.step()
         return loss_sums, grad_norms
+
+    def _valid_pass(self, active: list[Run]) -> dict[int, dict]:
+        """Per run index: valid outputs, metric and diagnostics, one batched pass per draw."""
+        found = {}
+        for draw in sorted({run.draw for run in active}):
+            rows = [run for run in active if run.draw == draw]
+            data, targets = self.draws[draw], self.targets[draw]
+            outputs = batched_outputs([run.params for run in rows], data.valid.x,
+                                      self.cell.model_activation, self.protocol.eval_batch_size)
+            scores = targets.per_sample_score(outputs, data.valid.y).mean(dim=-1).tolist()
+            diagnostics = {k: v.tolist() for k, v in targets.diagnostics(outputs, data.valid.y).items()}
+            for row, run in enumerate(rows):
+                found[run.index] = {"output": outputs[row], "valid_metric": scores[row],
+                                    **{name: values[row] for name, values in diagnostics.items()}}
+        return found
+
+    # -- bookkeeping ------------------------------------------------------------------
+
+    def _record_initial(self) -> None:
+        """The valid scores before any update: a ReLU that starts dead shows here."""
+        for index, values in self._valid_pass(self.runs).items():
+            run = self.runs[index]
+            output = values.pop("output")
+            try:
+                valid_loss = loss_in_batches(self.loss_fn, output, self.valid_loss_target[run.draw],
+                                             self.protocol.batch_size)
+            except LossRejected:
+                valid_loss = math.nan  # the run fails on its first training batch, with the reason
+            run.outcome.initial = {"epoch": 0, "valid_loss": valid_loss, **values}
+
+    def _keep(self, run: Run, epoch: int, record: dict) -> None:
+        """An epoch's record into the run's history; its best state kept; stop it if it is done."""
+        outcome = run.outcome
+        record["improved"] = run.stopper.update(epoch, record["valid_metric"])
+        outcome.history.append(record)
+        if record["improved"]:
+            outcome.best_epoch, outcome.best_valid = epoch, record["valid_metric"]
+            outcome.best_state = {k: v.detach().contiguous().cpu().clone() for k, v in run.params.items()}
+        if not math.isfinite(record["train_loss"]):
+            outcome.fail(f"the training loss became {record['train_loss']} in epoch {epoch}")
+        elif run.stopper.should_stop:
+            self._finish(run)
+
+    def _finish(self, run: Run) -> None:
+        if run.stopper.best is None:
+            run.outcome.fail(f"the valid {TASKS[self.cell.task].metric} was never finite "
+                             f"in {len(run.outcome.history)} epochs")
+        else:
+            run.outcome.status = "ok"
+
+    def _valid_loss(self, run: Run, output: torch.Tensor) -> float:
+        try:
+            return loss_in_batches(self.loss_fn, output, self.valid_loss_target[run.draw], self.protocol.batch_size)
+        except LossRejected as error:
+            self._reject(run, error, "validation")
+            return math.nan
+
+    def _reject(self, run: Run, error: LossRejected, where: str) -> None:
+        run.outcome.fail(f"nn.{self.loss_fn.module.__class__.__name__} rejected the {where} batch: {error}")
 
 
 def test_outputs(cell: CellConfig, states: list[dict[str, torch.Tensor]], x: torch.Tensor,
