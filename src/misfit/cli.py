@@ -1,4 +1,4 @@
-"""`misfit`: the project's command line (audit, reproduce, restore-runs, ui, run, profile). Each subcommand lives in its own module."""
+"""`misfit`: the project's command line (audit, reproduce, restore-runs, ui, run, profile, predict). Each subcommand lives in its own module."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     # each module adds its subcommand: register(commands) sets a `handler` default
     for module_name in ("audit", "run.reproduce", "track.restore", "track.ui", "run.parallel",
-                        "run.profile"):
+                        "run.profile", "run.predict"):
         module = __import__(f"misfit.{module_name}", fromlist=["register"])
         module.register(commands)
     commands.choices["audit"].set_defaults(handler=audit_with_status)

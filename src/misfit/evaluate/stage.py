@@ -9,7 +9,9 @@ split. Writes, only if the whole stage succeeds:
 - predictions/<cell>.npz: every run's outputs and per-image score on each test image
   (DVC-cached): the report resamples images from it;
 - metrics/<cell>.json: the numbers, for `dvc metrics show` (in git).
-Each number also goes into the run's MLflow run, which train@<cell> created.
+Each number also goes into the run's MLflow run, which train@<cell> created, and each
+checkpoint becomes that run's MLflow Model (runs:/<run id>/model, misfit.track.model); the
+run with the best valid score is registered as `misfit-<cell>` with the alias `best`.
 """
 from __future__ import annotations
 
@@ -34,12 +36,14 @@ from misfit.core.layout import (
 )
 from misfit.core.provenance import check_stage_inputs
 from misfit.core.record import RECORD_VERSION, EvaluatedRun, EvaluationRecord, load_train_record, write_record
+from misfit.core.tasks import TASKS
 from misfit.data.load import load_cell_data, load_test
 from misfit.data.split import read_split_manifest
 from misfit.evaluate.calibration import calibration
 from misfit.evaluate.score import agrees, cell_metrics, load_reference, score_split, verified_checkpoint
 from misfit.track.entries import evaluation_numbers, evaluation_tags
-from misfit.track.runs import EvaluationLog, check_store, check_timeout, open_experiment, tracking_uri
+from misfit.track.model import EXAMPLE_IMAGES, best_run, log_model, model_config, register_best
+from misfit.track.runs import EvaluationLog, check_store, check_timeout, open_experiment, profile_name, tracking_uri
 from misfit.train.runtime import configure
 from misfit.train.targets import CellTargets
 
@@ -85,7 +89,8 @@ def _evaluate(cell_id: str, root: Path) -> None:
     client, _ = open_experiment(root, params.tracking.experiment)
     mlflow_log, dataset = EvaluationLog(client), test_dataset(root, test_manifest, test)
     chunk, metric = params.protocol.eval_batch_size, record.metric
-    evaluated, outputs, per_image = [], [], []
+    evaluated, outputs, per_image, models, model_seconds = [], [], [], {}, 0.0
+    examples = example_images(root)
     for i, run in enumerate(kept, 1):
         path = verified_checkpoint(root / MODELS_DIR / cell_id / run.checkpoint, run)
         model = load_reference(cell, path, device)
@@ -99,9 +104,19 @@ def _evaluate(cell_id: str, root: Path) -> None:
         evaluated.append(result)
         outputs.append(tested.outputs.float().cpu().numpy())
         per_image.append(tested.per_image.double().cpu().numpy())
-        mlflow_log.log(run.run_id, evaluation_numbers(result, metric), evaluation_tags(result), [path], [dataset])
+        # the checkpoint goes in as the run's MLflow Model (it holds the file), not as a loose artifact
+        mlflow_log.log(run.run_id, evaluation_numbers(result, metric), evaluation_tags(result, profile_name()), [], [dataset])
+        if run.run_id not in mlflow_log.absent:  # a run the store lacks gets no model either
+            logging_started = time.perf_counter()
+            models[run.run_id] = log_model(tracking_uri(root), run.run_id, path, run.checkpoint_sha256,
+                                           model_config(record.cell, record.protocol, targets.mean, targets.std),
+                                           examples, tags=model_tags(cell_id, run))
+            model_seconds += time.perf_counter() - logging_started
         print(f"{cell_id}: evaluated {i}/{len(kept)} (draw {run.subset_seed} seed {run.seed}): "
               f"test {metric} {result.test:.6g}", flush=True)
+    if models:
+        print(f"{cell_id}: {len(models)} MLflow model(s) in {model_seconds:.1f} s", flush=True)
+    register(tracking_uri(root), cell_id, record, evaluated, models, params.data.subset_seed)
     write_outputs(root, cell_id, metric, record_path, test_manifest, (started, started_ms), evaluated,
                   np.stack(outputs) if outputs else np.zeros((0, len(test.x), cell.n_outputs), np.float32),
                   np.stack(per_image) if per_image else np.zeros((0, len(test.x))),
@@ -109,6 +124,29 @@ def _evaluate(cell_id: str, root: Path) -> None:
     if mlflow_log.absent:
         print(f"{cell_id}: {len(mlflow_log.absent)} run(s) of the record are not in this tracking store; "
               "`misfit restore-runs` brings them back from the records", flush=True)
+
+
+def example_images(root: Path) -> np.ndarray:
+    """The first test images, raw (uint8 [k, 28, 28]): each model's input example."""
+    with np.load(root / TEST_DIR / "test.npz") as arrays:
+        return arrays["images"][:EXAMPLE_IMAGES]
+
+
+def model_tags(cell_id: str, run) -> dict[str, str]:
+    return {"cell": cell_id, "seed": str(run.seed), "subset_seed": str(run.subset_seed)}
+
+
+def register(uri: str, cell_id: str, record, evaluated: list[EvaluatedRun], models: dict[str, str],
+             main_subset_seed: int) -> None:
+    """misfit-<cell>@best: the run with the best valid score (never chosen by test)."""
+    trained = {(r.subset_seed, r.seed): r for r in record.runs}
+    best = best_run(evaluated, trained, TASKS[record.task].higher_is_better, main_subset_seed)
+    if best is None or best.run_id not in models:
+        print(f"{cell_id}: no model registered (no finished run of the main draw with a model here)", flush=True)
+        return
+    version = register_best(uri, cell_id, best.run_id, models[best.run_id])
+    print(f"{cell_id}: registered misfit-{cell_id} version {version} @best = seed {best.seed} "
+          f"(valid {record.metric} {best.valid:.6g})", flush=True)
 
 
 def write_outputs(root: Path, cell_id: str, metric: str, record_path: Path, test_manifest: dict,

@@ -55,6 +55,8 @@ class Restored:
     cells: int = 0
     runs: int = 0
     checkpoints: int = 0  # attached to their runs: those present in the work tree
+    models: int = 0  # of those, attached as MLflow Models (the data they need is here too)
+    registered: int = 0  # cells whose best run is misfit-<cell>@best
     skipped: int = 0
     seconds: float = 0.0
 
@@ -130,6 +132,7 @@ class Restorer:
         self.done = Restored(uri)
         self._experiments: dict[str, tuple] = {}
         self._known: dict[str, set[str]] = {}
+        self.models: dict[str, tuple[str, str]] = {}  # the cell's record run id -> (restored run id, model id)
 
     def experiment(self, name: str) -> tuple:
         """(client, experiment id), the experiment created as the train stage creates it."""
@@ -166,12 +169,13 @@ class Restorer:
         self._log(client, parent, params=params, metrics=metrics_at(parent_summary(record.runs, record.metric),
                                                                     start, 0))
         client.log_text(parent, summary, "model_summary.txt")
-        end = start
+        end, self.models = start, {}
         for run in record.runs:
             scored = evaluation.run(run.subset_seed, run.seed) if evaluation else None
             end = max(end, self.restore_run(client, experiment_id, cell, record, run, scored,
                                             (parent, common, params, start, summary)))
         client.set_terminated(parent, status=parent_status(record.runs), end_time=end)
+        self.register(cell, record, evaluation)
         self.done.cells += 1
         self.done.runs += 1 + len(record.runs)
 
@@ -191,7 +195,7 @@ class Restorer:
                 "seed": str(run.seed), "subset_seed": str(run.subset_seed), "config_digest": run.config_digest,
                 ORIGINAL_RUN_ID: run.run_id}
         if scored is not None:
-            tags.update(evaluation_tags(scored))
+            tags.update(evaluation_tags(scored, record.tags.get("profile", "study")))
         run_id = self._create(client, experiment_id, run_name(cell, Member(run.subset_seed, run.seed), main),
                               start, tags)
         metrics = epoch_metrics(run, record.metric, start)
@@ -207,10 +211,44 @@ class Restorer:
         client.log_text(run_id, summary, "model_summary.txt")
         checkpoint = self.project.root / MODELS_DIR / cell / (run.checkpoint or "-")
         if run.checkpoint and checkpoint.is_file():
-            client.log_artifact(run_id, str(checkpoint))
-            self.done.checkpoints += 1
+            self.attach_checkpoint(client, cell, record, run, run_id, checkpoint)
         client.set_terminated(run_id, status=run_status(run), end_time=end)
         return end
+
+    def attach_checkpoint(self, client, cell: str, record: TrainRecord, run: TrainedRun, run_id: str,
+                          checkpoint: Path) -> None:
+        """As evaluate@ does: the checkpoint as the run's MLflow Model, when its input example
+        (test images) and, for a z-scored cell, its draw's train targets are here; else the
+        file alone, as a plain artifact. A checkpoint whose SHA-256 is not the record's is
+        attached as a file too: a model must be the one the record scored."""
+        from misfit.core.files import sha256_file
+        from misfit.track.model import log_model, model_config
+
+        needs = model_inputs(self.project.root, record, run)
+        if needs is None or sha256_file(checkpoint) != run.checkpoint_sha256:
+            client.log_artifact(run_id, str(checkpoint))
+        else:
+            examples, mean, std = needs
+            config = model_config(record.cell, record.protocol, mean, std)
+            tags = {"cell": cell, "seed": str(run.seed), "subset_seed": str(run.subset_seed)}
+            model_id = log_model(self.uri, run_id, checkpoint, run.checkpoint_sha256, config, examples, tags)
+            self.models[run.run_id] = (run_id, model_id)
+            self.done.models += 1
+        self.done.checkpoints += 1
+
+    def register(self, cell: str, record: TrainRecord, evaluation: EvaluationRecord | None) -> None:
+        """misfit-<cell>@best, as evaluate@ registers it: the best valid score of the record's
+        evaluation, pointing at the restored run's model."""
+        from misfit.core.tasks import TASKS
+        from misfit.track.model import best_run, register_best
+
+        if evaluation is None or not self.models:
+            return
+        trained = {(r.subset_seed, r.seed): r for r in record.runs}
+        best = best_run(evaluation.runs, trained, TASKS[record.task].higher_is_better, main_draw(record))
+        if best is not None and best.run_id in self.models:
+            register_best(self.uri, cell, *self.models[best.run_id])
+            self.done.registered += 1
 
     def _create(self, client, experiment_id: str, name: str, start: int, tags: dict) -> str:
         # tags beyond MLflow's 8,000-character value limit would fail the whole batch
@@ -228,6 +266,32 @@ class Restorer:
             room = MAX_ENTITIES_PER_BATCH - len(head)
             batch, metrics = metrics[:room], metrics[room:]
             client.log_batch(run_id, params=head, metrics=batch)
+
+
+def model_inputs(root: Path, record: TrainRecord, run: TrainedRun) -> tuple | None:
+    """What a run's MLflow Model needs besides its checkpoint: a few test images (its input
+    example) and CellTargets' mean and sd (computed from the draw's train targets for a
+    z-scored cell). None when the data is not here (a clone without `dvc pull`)."""
+    import numpy as np
+    import torch
+
+    from misfit.core.config import CellConfig
+    from misfit.core.layout import LABELS_DIR, TEST_DIR
+    from misfit.data.load import load_targets
+    from misfit.data.split import draw_dir
+    from misfit.track.model import EXAMPLE_IMAGES
+    from misfit.train.targets import CellTargets
+
+    cell = CellConfig.model_validate(record.cell)
+    test, labels = root / TEST_DIR / "test.npz", draw_dir(root / LABELS_DIR, run.subset_seed, main_draw(record))
+    zscored = cell.task == "regression" and cell.variant == "zscore"
+    if not test.is_file() or (zscored and not (labels / "train.npz").is_file()):
+        return None
+    with np.load(test) as arrays:
+        examples = arrays["images"][:EXAMPLE_IMAGES]
+    train = load_targets(labels, "train", cell.task) if zscored else torch.tensor([0.0, 1.0])
+    targets = CellTargets(cell, train)
+    return examples, targets.mean, targets.std
 
 
 def restore_runs(root: Path, cells: list[str] | None = None) -> Restored:
@@ -309,7 +373,9 @@ def register(commands) -> None:
 def report(done: Restored) -> str:
     return (f"restored {done.runs} runs of {done.cells} cells into {done.uri} in {done.seconds:.1f} s"
             + (f"; {done.skipped} runs were already there" if done.skipped else "")
-            + f"; {done.checkpoints} checkpoint(s) attached (those present here: `dvc pull` fetches the rest)"
+            + f"; {done.checkpoints} checkpoint(s) attached (those present here: `dvc pull` fetches the rest), "
+              f"{done.models} of them as MLflow Models (runs:/<run id>/model; the others lack their data here), "
+              f"{done.registered} cell(s) with misfit-<cell>@best"
             + "\n  each is tagged misfit.restored=true and misfit.original_run_id=<the id in the report>; "
               "browse them with: misfit ui")
 
