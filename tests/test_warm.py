@@ -20,7 +20,7 @@ import psutil
 import pytest
 from conftest import REPO, run, synthetic_project
 
-from misfit.run import warm
+from misfit.run import channel
 
 pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
 
@@ -127,16 +127,16 @@ def test_without_a_worker_the_stage_runs_in_its_own_process(small):
 def test_a_worker_serves_only_its_own_code_interpreter_and_environment(tmp_path):
     package = tmp_path / "misfit"
     shutil.copytree(REPO / "src" / "misfit", package, ignore=shutil.ignore_patterns("__pycache__"))
-    before = warm.code_digest(package)
+    before = channel.code_digest(package)
     (package / "train" / "model.py").write_text((package / "train" / "model.py").read_text() + "\n# changed\n")
-    assert warm.code_digest(package) != before
+    assert channel.code_digest(package) != before
 
-    key = warm.worker_key(REPO, {"HOME": "/root"})
-    assert warm.worker_key(REPO, {"HOME": "/elsewhere"}) == key  # not read at import
+    key = channel.worker_key(REPO, {"HOME": "/root"})
+    assert channel.worker_key(REPO, {"HOME": "/elsewhere"}) == key  # not read at import
     for name in ("OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTHONHASHSEED", "MLFLOW_TRACKING_URI"):
-        assert warm.worker_key(REPO, {"HOME": "/root", name: "1"}) != key, name
-    assert warm.worker_key(tmp_path, {"HOME": "/root"}) != key  # another checkout
-    assert warm.worker_key(REPO, {"HOME": "/root"}, "evaluate") != key  # another stage kind
+        assert channel.worker_key(REPO, {"HOME": "/root", name: "1"}) != key, name
+    assert channel.worker_key(tmp_path, {"HOME": "/root"}) != key  # another checkout
+    assert channel.worker_key(REPO, {"HOME": "/root"}, "evaluate") != key  # another stage kind
 
 
 def test_an_evaluate_stage_forked_from_a_warm_worker_scores_what_its_own_process_scores(small):

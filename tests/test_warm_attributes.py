@@ -65,7 +65,7 @@ ATTRIBUTES = {
 
 
 def key_under(setup) -> str:
-    code = ("import os, sys; from pathlib import Path; from misfit.run.warm import worker_key; "
+    code = ("import os, sys; from pathlib import Path; from misfit.run.channel import worker_key; "
             "print(worker_key(Path(sys.argv[1]), dict(os.environ)))")
     return subprocess.run([sys.executable, "-c", code, str(REPO)], env={**os.environ, "PYTHONPATH": str(REPO / "src")},
                           preexec_fn=setup, capture_output=True, text=True, check=True).stdout.strip()

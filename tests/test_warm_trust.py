@@ -16,7 +16,7 @@ import pytest
 from conftest import run  # noqa: F401
 from test_warm import CELL, small, sockets  # noqa: F401
 
-from misfit.run import warm
+from misfit.run import worker
 
 pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
 
@@ -41,7 +41,7 @@ def train(root: Path, env: dict, base: Path) -> subprocess.CompletedProcess:
 
 def key_of(root: Path, env: dict, base: Path) -> str:
     """The key train.py computes there: from a process started the same way."""
-    code = "import os; from pathlib import Path; from misfit.run.warm import worker_key; " \
+    code = "import os; from pathlib import Path; from misfit.run.channel import worker_key; " \
            "print(worker_key(Path.cwd(), dict(os.environ), 'train'))"
     return subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
                           env={**env, "PYTHONPATH": "src", "XDG_RUNTIME_DIR": str(base)}).stdout.strip()
@@ -135,11 +135,11 @@ def test_a_worker_refuses_a_peer_of_another_user(tmp_path, capsys):
     listener.listen(2)
     with listener, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stranger:
         stranger.connect(str(tmp_path / "s"))
-        assert warm._accept(listener, uid=NOBODY) is None  # as if we were uid 65534 and the peer root
+        assert worker._accept(listener, uid=NOBODY) is None  # as if we were uid 65534 and the peer root
         assert stranger.recv(1) == b""  # closed unread
         assert f"connecting process belongs to uid {os.getuid()}; expected uid {NOBODY}" in capsys.readouterr().err
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as ours:
             ours.connect(str(tmp_path / "s"))
-            accepted = warm._accept(listener)
+            accepted = worker._accept(listener)
             assert accepted is not None
             accepted.close()
