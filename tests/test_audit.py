@@ -236,7 +236,7 @@ def test_params_yaml_changed_since_the_run(in_project):
 def test_run_deleted_from_the_store(in_project):
     from mlflow import MlflowClient
 
-    from misfit.track.runs import tracking_uri
+    from misfit.track.store import tracking_uri
 
     rec = record(in_project)
     victim = rec["runs"][0]["run_id"]

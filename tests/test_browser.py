@@ -112,7 +112,7 @@ def visible_text(dom: str) -> str:
 def experiment_id(root: Path) -> str:
     from mlflow import MlflowClient
 
-    from misfit.track.runs import tracking_uri
+    from misfit.track.store import tracking_uri
 
     return MlflowClient(tracking_uri(root)).get_experiment_by_name("misfit").experiment_id
 
@@ -228,7 +228,7 @@ def test_restored_store_shows_a_report_run_id(restored_server, chromium, tmp_pat
     # and the restored run's own page carries the original id among its tags
     from mlflow import MlflowClient
 
-    from misfit.track.runs import tracking_uri
+    from misfit.track.store import tracking_uri
 
     (restored,) = MlflowClient(tracking_uri(clone)).search_runs([experiment_id(clone)], search)
     page = f"{restored_server.base}/#/experiments/{experiment_id(clone)}/runs/{restored.info.run_id}"

@@ -14,7 +14,7 @@ import pytest
 from conftest import base_env, free_port, run, synthetic_project
 
 from misfit.core.errors import TrackingStoreError
-from misfit.track.runs import check_store, open_experiment
+from misfit.track.store import check_store, open_experiment
 
 pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
 

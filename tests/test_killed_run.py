@@ -272,7 +272,9 @@ from pathlib import Path
 import sqlalchemy
 from sqlalchemy import event
 
-from misfit.track.runs import CellRuns, killed_on_signal, open_experiment
+from misfit.track.runs import CellRuns, killed_on_signal
+
+from misfit.track.store import open_experiment
 
 root, where = Path(sys.argv[1]), sys.argv[2]
 client, experiment_id = open_experiment(root, "signals")
@@ -342,7 +344,8 @@ def test_a_failure_closing_the_runs_while_a_signal_closes_them_leaves_them_kille
     MLflow call failed on a run just closed, goes down its failure path and closes them as
     FAILED. Whichever starts first names the status of every run (CI once saw a stage
     killed outright end with one run FAILED among KILLED ones)."""
-    from misfit.track.runs import CellRuns, open_experiment
+    from misfit.track.runs import CellRuns
+    from misfit.track.store import open_experiment
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     client, experiment_id = open_experiment(tmp_path, "race")

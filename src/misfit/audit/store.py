@@ -74,7 +74,7 @@ def original_id(run) -> str:
 
 
 def open_store(root: Path) -> Store:
-    from misfit.track.runs import tracking_uri
+    from misfit.track.store import tracking_uri
 
     uri = tracking_uri(root)
     if uri.startswith("sqlite:///"):

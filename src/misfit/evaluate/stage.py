@@ -43,7 +43,8 @@ from misfit.evaluate.calibration import calibration
 from misfit.evaluate.score import agrees, cell_metrics, load_reference, score_split, verified_checkpoint
 from misfit.track.entries import evaluation_numbers, evaluation_tags
 from misfit.track.model import EXAMPLE_IMAGES, best_run, log_model, model_config, register_best
-from misfit.track.runs import EvaluationLog, check_store, check_timeout, open_experiment, profile_name, tracking_uri
+from misfit.track.runs import EvaluationLog, profile_name
+from misfit.track.store import check_store, check_timeout, open_experiment, tracking_uri
 from misfit.train.runtime import configure
 from misfit.train.targets import CellTargets
 

@@ -258,7 +258,7 @@ def run_ids(cell: Cell, links: tuple[str | None, str | None]) -> str:
 def experiment_id_of(root: Path, params: Params) -> str | None:
     if not params.tracking.ui_base_url:
         return None
-    from misfit.track.runs import open_experiment
+    from misfit.track.store import open_experiment
 
     return open_experiment(root, params.tracking.experiment)[1]
 

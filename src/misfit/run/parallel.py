@@ -173,7 +173,7 @@ def check_tracking_server(uri: str, timeout: float = TRACKING_TIMEOUT_S) -> None
 def prepare_local_store(root: Path, uri: str) -> None:
     # the store's schema and the experiment exist before N workers reach for them at once
     # (concurrent first use of one SQLite database breaks MLflow's schema migrations)
-    from misfit.track.runs import open_experiment
+    from misfit.track.store import open_experiment
 
     experiment = yaml.safe_load((root / "params.yaml").read_text())["tracking"]["experiment"]
     previous = os.environ.get(TRACKING_ENV)

@@ -78,7 +78,7 @@ def predict(target: str, images: np.ndarray, root: Path) -> np.ndarray:
     from mlflow.exceptions import MlflowException
 
     from misfit.track.model import quiet_mlflow, tracking_uri_set
-    from misfit.track.runs import tracking_uri
+    from misfit.track.store import tracking_uri
 
     uri = model_uri(target, root)
     with tracking_uri_set(tracking_uri(root)), quiet_mlflow():  # the registry follows the tracking URI

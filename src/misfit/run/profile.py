@@ -143,7 +143,7 @@ def prepare_store(root: Path, experiment: str, env: dict) -> str:
 
     The experiment is made here, with its artifacts under this checkout's mlruns/, because
     a stage in the temporary copy would otherwise put them inside the copy."""
-    from misfit.track.runs import open_experiment, tracking_uri
+    from misfit.track.store import open_experiment, tracking_uri
 
     uri = tracking_uri(root)  # MLFLOW_TRACKING_URI if set, else this checkout's sqlite store
     env["MLFLOW_TRACKING_URI"] = uri

@@ -237,7 +237,8 @@ def _child(request: dict, fds: list[int], inherited: list[socket.socket], wakeup
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
-        from misfit.track.runs import STAGE_PID_ENV, set_env_defaults
+        from misfit.track.runs import STAGE_PID_ENV
+        from misfit.track.store import set_env_defaults
         os.environ[STAGE_PID_ENV] = str(request["stage_pid"])
         set_env_defaults()
         code = run(request)

@@ -36,10 +36,25 @@ from misfit.audit.sources import Project, RecordError, git_out, record_path
 from misfit.audit.store import ORIGINAL_RUN_ID, RESTORED
 from misfit.core.errors import DataError
 from misfit.core.layout import EVALUATIONS_DIR, RECORDS_DIR
-from misfit.core.record import (EvaluatedRun, EvaluationRecord, TrainedRun, TrainRecord, load_evaluation,
-                                load_train_record)
-from misfit.track.entries import (epoch_values, evaluation_numbers, evaluation_tags, parent_status, parent_summary,
-                                  parent_tags, run_status, trained_finals, trained_tags)
+from misfit.core.record import (
+    EvaluatedRun,
+    EvaluationRecord,
+    TrainedRun,
+    TrainRecord,
+    load_evaluation,
+    load_train_record,
+)
+from misfit.track.entries import (
+    epoch_values,
+    evaluation_numbers,
+    evaluation_tags,
+    parent_status,
+    parent_summary,
+    parent_tags,
+    run_status,
+    trained_finals,
+    trained_tags,
+)
 
 # MLflow's limits for one log_batch call
 MAX_ENTITIES_PER_BATCH = 1000  # metrics, params and tags together
@@ -138,7 +153,7 @@ class Restorer:
         """(client, experiment id), the experiment created as the train stage creates it."""
         from mlflow import MlflowClient
 
-        from misfit.track.runs import STORE_DIR
+        from misfit.track.store import STORE_DIR
 
         if name not in self._experiments:
             client = MlflowClient(self.uri)
@@ -304,7 +319,7 @@ def restore_runs(root: Path, cells: list[str] | None = None) -> Restored:
     if unknown:
         raise RecordError(f"no records/<cell>.json for {', '.join(unknown)}")
     records = {cell: typed_records(project.root, cell) for cell in cells or available}
-    from misfit.track.runs import tracking_uri
+    from misfit.track.store import tracking_uri
 
     uri = tracking_uri(project.root)
     started = time.perf_counter()

@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from misfit.core.study import TASK_ORDER
-from misfit.track.runs import STORE_DIR, tracking_uri
+from misfit.track.store import STORE_DIR, tracking_uri
 
 HOST = "127.0.0.1"  # the UI can edit and delete runs: never expose it beyond this machine
 

@@ -31,9 +31,17 @@ from misfit.core.study import recommended_in, studies_of
 from misfit.core.tasks import TASKS
 from misfit.data.load import CellData, load_cell_data
 from misfit.data.split import draw_dir, read_split_manifest
-from misfit.track.entries import (epoch_values, parent_status, parent_summary, parent_tags, run_status,
-                                  trained_finals, trained_tags)
-from misfit.track.runs import check_store, check_timeout, profile_name, tracking_uri
+from misfit.track.entries import (
+    epoch_values,
+    parent_status,
+    parent_summary,
+    parent_tags,
+    run_status,
+    trained_finals,
+    trained_tags,
+)
+from misfit.track.runs import profile_name
+from misfit.track.store import check_store, check_timeout, tracking_uri
 from misfit.train.loop import CellTrainer, Member, SeedOutcome
 from misfit.train.model import model_summary
 from misfit.train.runtime import configure
@@ -145,7 +153,8 @@ class CellStage:
         self.metric = TASKS[self.cell.task].metric
 
     def open_runs(self, tags: dict[str, str]):
-        from misfit.track.runs import CellRuns, mark_dead_runs_killed, open_experiment
+        from misfit.track.runs import CellRuns, mark_dead_runs_killed
+        from misfit.track.store import open_experiment
 
         client, experiment_id = open_experiment(self.root, self.params.tracking.experiment)
         mark_dead_runs_killed(client, experiment_id)
