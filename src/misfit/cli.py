@@ -13,24 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "run.profile", "run.predict"):
         module = __import__(f"misfit.{module_name}", fromlist=["register"])
         module.register(commands)
-    commands.choices["audit"].set_defaults(handler=audit_with_status)
     return parser
-
-
-def audit_with_status(args: argparse.Namespace) -> int:
-    """`misfit audit` as misfit.audit.main runs it, but exiting with the status its Facts give
-    (non-zero when a checkpoint here is not the file its record hashed). misfit.audit.main
-    returns 0 whenever it prints; once it returns `facts.exit_status` this can go."""
-    from misfit.audit import AuditError, audit_facts
-    from misfit.audit.render import render_json, render_text
-
-    try:
-        facts = audit_facts(args.root, args.query, args.seed, args.draw)
-    except AuditError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(render_json(facts) if args.json else render_text(facts), end="")
-    return facts.exit_status
 
 
 def main(argv: list[str] | None = None) -> int:
