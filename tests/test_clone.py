@@ -96,7 +96,9 @@ def test_audit_a_cell_from_git_alone(clone, env):
     assert any("misfit restore-runs" in command for command in missing["the"])
     assert any(command.startswith(f"dvc pull train@{CELL}") for command in missing[f"models/{CELL}/:"])
     assert [d["kind"] for d in report["disagreements"]] == ["commit"]  # the results were committed later
-    assert report["reproduce"]["commands"][-1] == f"dvc repro --force --single-item train@{CELL}"
+    assert report["reproduce"]["commands"][-1] == f"misfit reproduce {rec['runs'][-1]['run_id']}"
+    assert report["reproduce"]["whole_cell"]["commands"][-1] == (
+        f"dvc repro --force --single-item train@{CELL} evaluate@{CELL}")
 
 
 def test_audit_text_says_what_is_here_and_what_is_not(clone, env):

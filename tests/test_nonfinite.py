@@ -141,7 +141,7 @@ def test_nonfinite_values_reach_records_results_report_and_mlflow(tmp_path, monk
     def diverging_run(self, on_epoch=None):
         def hooked(epoch, outcomes):
             if epoch == 2 and self.cell.cell_id() == zscore:
-                set_bias(self.params[[m.seed for m in self.members].index(1)], NAN)
+                set_bias(next(run.params for run in self.runs if run.member.seed == 1), NAN)
             on_epoch(epoch, outcomes)
         return original_run(self, hooked)
 

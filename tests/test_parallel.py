@@ -39,6 +39,9 @@ from conftest import (
     synthetic_mnist,
 )
 
+from misfit.core.record import load_evaluation, load_train_record
+from misfit.track.entries import evaluation_numbers, trained_finals
+
 pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
 
 # every study of src/misfit/core/study.py has a cell here, and one cell fails by design (BCE
@@ -274,6 +277,8 @@ def test_server_holds_every_run_param_and_metric_step_and_nothing_running(cluste
 
     for cell in CELLS:
         record = json.loads((project / "records" / f"{cell}.json").read_text())
+        typed_record = load_train_record(project / "records" / f"{cell}.json")
+        evaluation = load_evaluation(project / "evaluations" / f"{cell}.json")
         parents = [r for r in runs if r.data.tags.get("misfit.level") == "cell" and r.info.run_name == cell]
         assert [p.info.run_id for p in parents] == [record["parent_run_id"]]
         parent = parents[0]
@@ -312,9 +317,10 @@ def test_server_holds_every_run_param_and_metric_step_and_nothing_running(cluste
                 assert [s for s, _ in logged] == [s for s, _ in expected], f"{where} {name}"
                 assert all(same_number(a, b) for (_, a), (_, b) in zip(logged, expected)), f"{where} {name}"
                 counted["metric_steps"] += len(logged)
-            finals = {f"best_valid_{metric}": run_record["valid_best"], f"test_{metric}": run_record["test"],
-                      "best_epoch": run_record["best_epoch"], "epochs_run": run_record["epochs_run"]}
-            finals = {k: logged_value(v) for k, v in finals.items() if logged_value(v) is not None}
+            # what train@ logs at the end, and what evaluate@ adds: the same functions restore-runs uses
+            typed = typed_record.run(run_record["subset_seed"], run_record["seed"])
+            scored = evaluation.run(run_record["subset_seed"], run_record["seed"])
+            finals = {**trained_finals(typed, metric), **(evaluation_numbers(scored, metric) if scored else {})}
             assert child.data.metrics.keys() == per_epoch.keys() | finals.keys(), where
             for name, value in finals.items():
                 history = client.get_metric_history(child.info.run_id, name)
