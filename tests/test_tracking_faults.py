@@ -155,3 +155,40 @@ def test_a_file_in_place_of_the_store_directory_stops_the_stage(project):
         assert_nothing_written(root)
     finally:
         (root / "mlruns").unlink()
+
+
+FILL_MID_TRAINING = """
+mount -t tmpfs -o size=32m tmpfs mlruns || exit 97
+dvc repro -s "train@$1" > stage.out 2> stage.err &
+stage=$!
+for _ in $(seq 1200); do grep -q " epoch " stage.out && break; sleep 0.05; done
+grep -q " epoch " stage.out || { kill $stage; exit 98; }
+dd if=/dev/zero of=mlruns/filler bs=64k 2> /dev/null
+wait $stage
+"""
+
+
+def test_a_store_whose_disk_fills_mid_training_stops_the_stage_with_one_line(tmp_path):
+    """The checks before a stage starts cannot see a store that fails later: here its disk
+    fills once training has begun (a tmpfs of its own, in a mount namespace of its own)."""
+    manifest = synthetic_mnist(tmp_path / "mirror")
+    env = base_env(MNIST_MIRROR=str(tmp_path / "mirror"), MNIST_MANIFEST=str(manifest))
+    # enough epochs that the stage is still training when the disk fills
+    root = make_project(tmp_path / "project", small_params([CELL], protocol__max_epochs=400,
+                                                           protocol__patience=400))
+    run(["dvc", "repro", "label-derive", "train-inputs"], root, env)
+    (root / "mlruns").mkdir()
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", FILL_MID_TRAINING, "sh", CELL],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    if done.returncode == 97:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    assert done.returncode not in (0, 98), (done.returncode, done.stderr)
+    stderr = (root / "stage.err").read_text()
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert errors and errors[0].startswith(f"error: train@{CELL}: the MLflow store sqlite:///"), stderr
+    assert "refused a write while the stage ran (database or disk is full)" in errors[0], errors[0]
+    assert "Traceback" not in stderr and "sqlalchemy" not in stderr.lower(), stderr
+    assert stderr.count("disk is full") == 1, stderr  # said once, by the stage
+    assert (root / "stage.out").read_text().count(" epoch ") <= 3  # stopped at the next epoch, not the last
+    assert not (root / "records" / f"{CELL}.json").exists()
+    assert not (root / "models" / CELL).exists()

@@ -25,7 +25,7 @@ from misfit.core.layout import (
     REPORTS_DIR,
     SPLIT_DIR,
 )
-from misfit.core.record import load_joined
+from misfit.joined import load_joined
 
 RESULTS_FILE = REPORTS_DIR / "results.json"
 LOCK_FILE = Path("dvc.lock")

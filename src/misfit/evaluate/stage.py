@@ -43,7 +43,7 @@ from misfit.evaluate.calibration import calibration
 from misfit.evaluate.score import agrees, cell_metrics, load_reference, score_split, verified_checkpoint
 from misfit.track.entries import evaluation_numbers, evaluation_tags
 from misfit.track.model import EXAMPLE_IMAGES, best_run, log_model, model_config, register_best
-from misfit.track.runs import EvaluationLog, profile_name
+from misfit.track.runs import EvaluationLog, profile_name, refused_write
 from misfit.track.store import check_store, check_timeout, open_experiment, tracking_uri
 from misfit.train.runtime import configure
 from misfit.train.targets import CellTargets
@@ -66,8 +66,11 @@ def evaluate_cell(cell_id: str, root: Path = Path(".")) -> None:
     committed = CommittedOutputs(root, [EVALUATIONS_DIR / f"{cell_id}.json", METRICS_DIR / f"{cell_id}.json"])
     try:
         _evaluate(cell_id, root)
-    except BaseException:  # KeyboardInterrupt and SystemExit too: a stopped stage leaves the committed files
+    except BaseException as error:  # KeyboardInterrupt and SystemExit too: a stopped stage leaves the committed files
         committed.restore()
+        refused = refused_write(error, f"evaluate@{cell_id}", tracking_uri(root))
+        if refused is not None:
+            raise refused from None
         raise
 
 

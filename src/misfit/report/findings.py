@@ -12,7 +12,7 @@ from pathlib import Path
 from misfit.core.config import Params
 from misfit.core.files import json_float
 from misfit.core.layout import EVALUATIONS_DIR, RECORDS_DIR
-from misfit.core.record import load_joined
+from misfit.joined import load_joined
 from misfit.core.tasks import STROKES
 from misfit.report.intervals import (
     Difference,

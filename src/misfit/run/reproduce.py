@@ -41,7 +41,7 @@ class ReproduceError(RuntimeError):
 class Target:
     """The run to train again, as its committed record holds it."""
     cell: str
-    record: dict  # records/<cell>.json joined with evaluations/<cell>.json (misfit.core.record.load_joined)
+    record: dict  # records/<cell>.json joined with evaluations/<cell>.json (misfit.joined.load_joined)
     run: dict
 
     @property

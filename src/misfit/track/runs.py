@@ -6,8 +6,10 @@ adds to the same runs. Where the store is and whether it can be used: misfit.tra
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
+import re
 import signal
 import socket
 import sys
@@ -16,7 +18,14 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from misfit.core.errors import TrackingStoreError
 from misfit.track.store import set_env_defaults  # noqa: F401 (importing it sets MLflow's env defaults first)
+
+# MLflow's SQL store (and its async logging thread) log a refused statement with SQLAlchemy's
+# traceback and every bound parameter before raising it; the stage names it in one line
+# instead (refused_write), and the epoch after a refused write waits for it (train.stage)
+for _logger in ("mlflow.store.db.utils", "mlflow.utils.async_logging.async_logging_queue"):
+    logging.getLogger(_logger).setLevel(logging.CRITICAL)
 
 HOST_TAG, PID_TAG, WORKER_PID_TAG = "misfit.host", "misfit.pid", "misfit.worker_pid"
 STAGE_PID_ENV = "MISFIT_STAGE_PID"  # set by misfit.run.warm in a child forked for a stage
@@ -83,6 +92,28 @@ def retry_on_unique_violation(call, attempts: int = 5):
             if attempt == attempts - 1 or not any(text in error.message for text in UNIQUE_VIOLATION):
                 raise
             time.sleep(0.05 * (attempt + 1) * (1 + random.random()))
+
+
+# The database driver's own words inside MLflow's message: "(sqlite3.OperationalError) database
+# or disk is full", also inside the repr an asynchronous write's failure carries (escaped newlines)
+DRIVER_ERROR = re.compile(r"\((?:[\w.]*\.)?\w*Error\)\s*(.+?)(?:\\n|\n|\[SQL|$)")
+
+
+def refused_write(error: BaseException, stage: str, uri: str) -> TrackingStoreError | None:
+    """One line for a write the store refused after the stage began (its disk full, turned
+    read-only, locked by another writer, the server gone); None for any other error.
+
+    The checks before a stage starts (misfit.track.store) cannot see a store that fails later;
+    without this the stage ended in SQLAlchemy's traceback of the failed statement."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(error, MlflowException):
+        return None
+    found = DRIVER_ERROR.search(error.message)
+    cause = found.group(1).strip() if found else error.message.strip().splitlines()[0][:200]
+    return TrackingStoreError(f"{stage}: the MLflow store {uri} refused a write while the stage ran ({cause}); "
+                              "the stage stopped, its runs are FAILED where the store still took that, and its "
+                              "committed outputs are as they were; make the store writable and run it again")
 
 
 class CellRuns:
@@ -174,7 +205,8 @@ class CellRuns:
             except Exception:  # closing must not stop at a failed write: the runs are ending anyway
                 pass
             for run_id in list(self.open):
-                self.client.set_terminated(run_id, status=status)
+                with contextlib.suppress(Exception):  # a store that refuses writes refuses this too
+                    self.client.set_terminated(run_id, status=status)
                 self.open.discard(run_id)
 
 

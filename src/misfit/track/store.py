@@ -91,7 +91,7 @@ def _check_sqlite(path: Path) -> None:
         return  # MLflow creates the store
     with open(path, "rb") as handle:
         header = handle.read(len(SQLITE_HEADER))
-    hint = (f"move it away (a new store is made on the next run) or point MLFLOW_TRACKING_URI "
+    hint = ("move it away (a new store is made on the next run) or point MLFLOW_TRACKING_URI "
             "at an MLflow store")
     if header != SQLITE_HEADER:
         raise TrackingStoreError(f"{path}: not an SQLite database, so not an MLflow tracking store; {hint}")

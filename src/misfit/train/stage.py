@@ -216,8 +216,13 @@ def train_cell(cell_id: str, root: Path = Path(".")) -> Path:
         stage = CellStage(cell_id, root)
         refuse_an_accidental_retrain(stage, committed)
         return _train(stage, committed, phases, (started, started_ms))
-    except BaseException:
+    except BaseException as error:
         committed.restore()
+        from misfit.track.runs import refused_write
+
+        refused = refused_write(error, f"train@{cell_id}", tracking_uri(root))
+        if refused is not None:
+            raise refused from None
         raise
 
 
@@ -257,6 +262,9 @@ def log_run_inputs(stage: CellStage, runs) -> None:
 
 def log_epoch(stage: CellStage, runs, epoch: int, outcomes: list[SeedOutcome]) -> None:
     print(progress_line(stage.cell_id, epoch, outcomes), flush=True)
+    # the previous epoch's writes (long done by now): a store that refused them stops the
+    # stage here, not after the last epoch
+    runs.wait_for_metrics()
     for outcome in outcomes:
         member = Member(outcome.subset_seed, outcome.seed)
         record = outcome.initial if epoch == 0 else (outcome.history or [{}])[-1]
