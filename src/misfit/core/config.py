@@ -186,12 +186,29 @@ class TrackingConfig(_Strict):
     ui_base_url: str | None = None
 
 
+class MarginsConfig(_Strict):
+    """Equivalence margins: two cells whose difference is shown to lie within ±margin are
+    called equivalent (a two one-sided test), per metric."""
+    accuracy: Annotated[float, Field(gt=0, lt=1)]  # a share: 0.005 = ±0.5 accuracy points
+    mse_ratio: Annotated[float, Field(gt=0, lt=1)]  # relative: 0.10 = MSE within ±10 % of the other's
+
+
+class ReportConfig(_Strict):
+    """How the report decides. Only the report stage reads these: no cell retrains for them."""
+    alpha: Annotated[float, Field(gt=0, lt=0.5)]  # family-wise error rate of each task's comparisons
+    power: Annotated[float, Field(gt=0.5, lt=1)]  # what "the runs it would take to decide" aims at
+    margins: MarginsConfig
+    bootstrap_resamples: Annotated[int, Field(ge=100, le=100_000)]  # P(X > Y)'s interval
+    bootstrap_seed: Seed
+
+
 class Params(_Strict):
     data: DataConfig
     protocol: ProtocolConfig
     seeds: Seeds  # every cell's seeds, unless the cell carries its own
     draws: DrawsConfig
     tracking: TrackingConfig
+    report: ReportConfig
     cells: Annotated[dict[str, CellConfig], Field(min_length=1)]
 
     @model_validator(mode="after")
