@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import re
 import statistics
+
+import numpy as np
 from pathlib import Path
 
 from misfit.core.config import Params, load_params
+from misfit.report.render_findings import findings_section
 from misfit.core.files import (
     atomic_dir,
     json_float,
@@ -20,7 +23,7 @@ from misfit.core.files import (
     write_json_atomic,
     write_text_atomic,
 )
-from misfit.core.layout import LABEL_SUMMARY, PARAMS_FILE, REPORTS_DIR
+from misfit.core.layout import LABEL_SUMMARY, PARAMS_FILE, REPORTS_DIR, TEST_LABELS
 from misfit.core.study import (
     ADDED,
     PUBLISHED,
@@ -96,9 +99,27 @@ def reference_of(study: str, task: str, cells: dict[str, Cell]) -> Cell | None:
     return next((c for c in marked if c.learns), None)
 
 
-def analyse(cells: dict[str, Cell], published: dict, params: Params, label_summary: dict) -> dict:
+def test_targets(root: Path, task: str) -> np.ndarray:
+    """The test split's targets of a task (data/test_labels.npz, the label-derive stage's)."""
+    with np.load(root / TEST_LABELS) as arrays:
+        return arrays[task]
+
+
+def analyse(cells: dict[str, Cell], published: dict, params: Params, label_summary: dict,
+            root: Path = Path(".")) -> dict:
     """Everything the report says, as data: results.json."""
-    results: dict = {"cells": {}, "families": {}, "double_softmax": double_softmax(cells)}
+    from misfit.report.calibration import calibration_summary
+    from misfit.report.claims import claim_pairs, seed_claims
+    from misfit.report.compare import compare_all
+    from misfit.report.conclude import claim_findings, own_findings
+
+    comparisons = compare_all(root, cells, claim_pairs(seed_claims()), params.report)
+    calibration = {cell_id: calibration_summary(cell) for cell_id, cell in cells.items()}
+    results: dict = {"findings": {"claims": claim_findings(cells, comparisons),
+                                  "own": own_findings(cells, comparisons, calibration,
+                                                      test_targets(root, "multilabel"))},
+                     "comparisons": comparisons, "calibration": calibration,
+                     "cells": {}, "families": {}, "double_softmax": double_softmax(cells)}
     for study in (S0, S1, ADDED):
         for task in TASK_ORDER:
             members = family(study, task, cells)
@@ -579,6 +600,7 @@ def render_report(cells: dict[str, Cell], results: dict, published: dict, params
         "`reference/author_s1.json`; nothing here is typed by hand. `misfit audit <cell or run id>` shows "
         "everything behind a row.",
     ]
+    lines += findings_section(results, params.report.alpha, params.report.margins.model_dump())
     lines += glance_section(results, cells)
     for study in STUDIES:
         members_by_task = {t: family(study, t, cells) for t in TASK_ORDER}
@@ -639,7 +661,7 @@ def write_report(root: Path = Path(".")) -> None:
     except FileNotFoundError as error:  # its message names the record and the stage to run
         raise DataError(str(error)) from None
     published = published_runs(root)
-    results = analyse(cells, published, params, label_summary)
+    results = analyse(cells, published, params, label_summary, root)
     with atomic_dir(root / REPORTS_DIR / FIGURES) as figure_dir:
         # the old figures are replaced when this block ends, after the report is rendered
         report = render_report(cells, results, published, params, label_summary, figure_dir,

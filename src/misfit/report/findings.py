@@ -136,6 +136,12 @@ class Cell:
         return [r.test for r in self.runs if r.test is not None and (mode is None or r.outcome.mode == mode)]
 
     @property
+    def all_learned(self) -> bool:
+        """Every run, on every draw, learned and has a test score."""
+        runs = self.runs + self.draw_runs
+        return bool(runs) and all(r.outcome.mode == LEARNED and r.test is not None for r in runs)
+
+    @property
     def learns(self) -> bool:
         return self.single_mode == LEARNED and len(self.values()) >= 2
 
