@@ -8,7 +8,6 @@ import pytest
 
 from misfit.report.intervals import (
     holm,
-    prediction_interval,
     welch_difference,
     wilson,
 )
@@ -46,26 +45,3 @@ def test_wilson_interval_of_6_survivors_in_24():
     assert (rate.low, rate.high) == pytest.approx((0.1197, 0.4490), abs=1e-3)
 
 
-def test_prediction_interval_includes_draw_to_draw_variance():
-    """Seeds agree within a draw but draws differ: the interval must be wide, not the
-    narrow seed spread, and should cover new runs from new draws about 95% of the time."""
-    rng = np.random.default_rng(0)
-
-    def study(n_draws):
-        return [list(rng.normal(mu, 0.05, 2)) for mu in rng.normal(97.4, 0.3, n_draws)]
-
-    interval = prediction_interval(study(40))
-    assert interval.sd_draw == pytest.approx(0.3, abs=0.1) and interval.sd_seed == pytest.approx(0.05, abs=0.02)
-    assert interval.high - interval.low > 3 * (2 * 1.96 * 0.05)  # far wider than a seed-only interval
-    covered = 0
-    trials = 400
-    for _ in range(trials):
-        found = prediction_interval(study(5))
-        covered += found.contains(rng.normal(rng.normal(97.4, 0.3), 0.05))
-    assert 0.9 <= covered / trials <= 0.995
-
-
-def test_prediction_interval_needs_a_balanced_design_of_two_or_more():
-    assert prediction_interval([[1.0, 2.0]]) is None
-    assert prediction_interval([[1.0, 2.0], [1.0]]) is None
-    assert prediction_interval([[1.0], [2.0]]) is None

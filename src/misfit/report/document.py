@@ -8,6 +8,7 @@ values are summarised within a mode, and comparisons are intervals (misfit.repor
 """
 from __future__ import annotations
 
+import math
 import re
 import statistics
 
@@ -15,6 +16,7 @@ import numpy as np
 from pathlib import Path
 
 from misfit.core.config import Params, load_params
+from misfit.report.compare import reference_of
 from misfit.report.render_findings import findings_section
 from misfit.core.files import (
     atomic_dir,
@@ -27,7 +29,6 @@ from misfit.core.layout import LABEL_SUMMARY, PARAMS_FILE, REPORTS_DIR, TEST_LAB
 from misfit.core.study import (
     ADDED,
     PUBLISHED,
-    RECOMMENDED,
     S0,
     S1,
     STUDIES,
@@ -37,14 +38,14 @@ from misfit.core.study import (
 )
 from misfit.report import diagnostics, figures
 from misfit.report.findings import (
-    ALPHA,
     Cell,
     Published,
     baselines,
     cell_summary,
-    compare_family,
     format_modes,
     judge_published,
+    source_offsets,
+    task_components,
     load_cells,
     relu_lottery,
 )
@@ -93,12 +94,6 @@ def family(study: str, task: str, cells: dict[str, Cell]) -> list[Cell]:
     return [cells[c] for c in STUDIES[study] if c.startswith(f"{task}-") and c in cells]
 
 
-def reference_of(study: str, task: str, cells: dict[str, Cell]) -> Cell | None:
-    """The recommended cell the others are compared with: the first marked ✅ whose runs learn."""
-    marked = [c for c in family(study, task, cells) if c.cell_id in RECOMMENDED[study]]
-    return next((c for c in marked if c.learns), None)
-
-
 def test_targets(root: Path, task: str) -> np.ndarray:
     """The test split's targets of a task (data/test_labels.npz, the label-derive stage's)."""
     with np.load(root / TEST_LABELS) as arrays:
@@ -126,16 +121,19 @@ def analyse(cells: dict[str, Cell], published: dict, params: Params, label_summa
             if not members:
                 continue
             reference = reference_of(study, task, cells)
-            results["families"][f"{study}/{task}"] = {
-                "cells": [c.cell_id for c in members], "reference": reference.cell_id if reference else None,
-                "comparisons": compare_family(members, reference)}
+            results["families"][f"{study}/{task}"] = {"cells": [c.cell_id for c in members], "reference": reference}
+    components = {task: {which: task_components([c for c in cells.values() if c.task == task], which)
+                         for which in ("test", "valid")} for task in TASK_ORDER}
     for cell_id, cell in cells.items():
         entry = cell_entry(cell)
-        entry["published"] = [judge_published(cell, runs[cell_id], params.draws.seeds, label_summary)
+        entry["published"] = [judge_published(cell, runs[cell_id], label_summary, components[cell.task])
                               for runs in published.values() if cell_id in runs]
         if cell_id in RELU_CELLS:
             entry["relu"] = relu_lottery(cell, label_summary)
         results["cells"][cell_id] = entry
+    results["published_offsets"] = {
+        source: source_offsets([j for e in results["cells"].values() for j in e["published"] if j["source"] == source])
+        for source in SOURCES.values()}
     return results
 
 
@@ -316,29 +314,24 @@ def cell_summary_valid(cell: Cell) -> str:
 
 
 def family_finding(study: str, task: str, results: dict, cells: dict[str, Cell], baseline) -> list[str]:
+    """Each cell against the table's ✅ reference, over every draw (the comparisons of
+    results.json, simultaneous over the task's family), then failures and constant answers."""
+    from misfit.report.compare import find_comparison
+    from misfit.report.render_findings import effect_text
+
     info = results["families"][f"{study}/{task}"]
     lines = []
     reference = info["reference"]
-    tested = {c: v for c, v in info["comparisons"].items() if v["test"]}
-    untested = {c: v for c, v in info["comparisons"].items() if not v["test"]}
     metric = cells[info["cells"][0]].metric
-    unit = "points" if metric == "accuracy" else "strokes²"
-    if reference and tested:
-        lines.append(f"Against the recommended `{reference}` (Δ = cell − recommended on test, in {unit}; "
-                     f"Welch's 95% interval; p Holm-adjusted over the {len(tested)} comparison(s) of this table):")
-        for cell_id, c in tested.items():
-            low, high = c["ci"]
-            interval = f"Δ {fmt(c['estimate'], metric, True)} [{fmt(low, metric, True)}, {fmt(high, metric, True)}]"
-            n = "/".join(str(k) for k in c["n"])
-            if c["detected"]:
-                verdict = f"differs (p_Holm {_p_relation(c['p_holm'])}, n = {n})"
-            else:
-                verdict = f"no difference detected at n = {n} (p_Holm {_p_relation(c['p_holm'])}; the interval is what the data allow)"
-            lines.append(f"- `{cell_id}`: {interval}: {verdict}.")
-    elif reference is None:
-        lines.append("No recommended cell of this table has every run learned, so nothing is compared with it.")
-    for cell_id, c in untested.items():
-        lines.append(f"- `{cell_id}`: not tested — {c['reason']}.")
+    if reference:
+        lines.append(f"Against `{reference}` ✅, over every draw (paired by draw and seed; the interval is "
+                     "simultaneous over the task's comparisons and includes the test set's noise):")
+        for cell_id in info["cells"]:
+            entry = find_comparison(results["comparisons"], cell_id, reference) if cell_id != reference else None
+            if entry:
+                lines.append(f"- `{cell_id}`: {effect_text(entry, cell_id)}.")
+    else:
+        lines.append("No ✅ cell of this table has every run learned, so nothing is compared with it.")
     for cell_id in info["cells"]:
         cell = cells[cell_id]
         errors = sorted({r.outcome.detail for r in cell.runs if r.outcome.mode in (FAILED, DIVERGED)})
@@ -346,7 +339,8 @@ def family_finding(study: str, task: str, results: dict, cells: dict[str, Cell],
             which = [str(r.seed) for r in cell.runs if r.outcome.detail == error]
             lines.append(f"- `{cell_id}` seed(s) {', '.join(which)}: {error}.")
         lines += constant_answer_lines(cell, baseline)
-    lines.append(f"- The best constant answer ({baseline.text}) scores {fmt(baseline.value, metric)} on test.")
+    name = "The train-mean baseline" if metric == "mse" else "The best constant answer"
+    lines.append(f"- {name} ({baseline.text}) scores {fmt(baseline.value, metric)} on test.")
     return lines
 
 
@@ -382,29 +376,53 @@ def _p(value: float) -> str:
 def published_section(results: dict, cells: dict[str, Cell], params: Params) -> list[str]:
     lines = ["", "## Against the published single runs", "",
              "Each source published one run per cell, from a data draw of its own. A single new run "
-             "varies with the seed *and* the draw, so each published test value is set against a 95% "
-             f"prediction interval for one new run on a new draw, from our runs on {1 + len(params.draws.subset_seeds)} "
-             f"draws (the main one and `draws.subset_seeds` {params.draws.subset_seeds}) × seeds "
-             f"{params.draws.seeds} (one-way random-effects ANOVA: draw and seed variance). "
-             "Where our runs split into modes, there is no single interval: the published value is "
+             "varies with the draw *and* the seed, so each published valid and test value is set against a "
+             "95% prediction interval for one new run on a new draw with a new seed, from every run of the "
+             f"cell on our {1 + len(params.draws.subset_seeds)} draws: draw and seed as crossed random effects, "
+             "their variances pooled over the task's cells whose runs all learned (MSE on a log scale). "
+             "Where our runs split into modes, there is no single interval: the published test value is "
              "matched to the mode whose range it falls in.", ""]
     for study in (S0, S1):
         lines += [f"### {SOURCES[study]}", "",
-                  "| cell | published valid / test | our runs (draws × seeds): outcomes | 95% prediction interval "
-                  "(σ draw, σ seed) | inside | explanation |", "|---|---|---|---|---|---|"]
+                  "| cell | published valid / test | our runs | valid: 95% prediction interval | "
+                  "test: 95% prediction interval (σ draw, σ seed) | explanation |", "|---|---|---|---|---|---|"]
         for cell_id, entry in results["cells"].items():
             for judged in entry["published"]:
                 if judged["source"] != SOURCES[study]:
                     continue
                 metric = cells[cell_id].metric
-                interval = judged["interval"]
-                pi = (f"[{fmt(interval['low'], metric)}, {fmt(interval['high'], metric)}] "
-                      f"({fmt(interval['sd_draw'], metric)}, {fmt(interval['sd_seed'], metric)})") if interval else "–"
                 lines.append(f"| `{cell_id}` | {fmt(judged['valid'], metric)} / {fmt(judged['test'], metric)} | "
-                             f"{judged['draws']} × {judged['runs'] // max(1, judged['draws'])}: "
-                             f"{format_modes(judged['modes'])} | {pi} | {'yes' if judged['inside'] else '**no**'} | "
+                             f"{judged['runs']} on {judged['draws']} draws: {format_modes(judged['modes'])} | "
+                             f"{_pi_text(judged.get('valid_interval'), judged.get('valid_inside'), metric, False)} | "
+                             f"{_pi_text(judged.get('test_interval'), judged['inside'], metric, True)} | "
                              f"{judged.get('explanation') or ''} |")
-        lines.append("")
+        lines += ["", *offset_lines(results["published_offsets"].get(SOURCES[study], {})), ""]
+    return lines
+
+
+def _pi_text(interval: dict | None, inside: bool | None, metric: str, spreads: bool) -> str:
+    if not interval:
+        return "–" if inside is None else ("inside a mode's range" if inside else "**outside**")
+    text = f"[{fmt(interval['low'], metric)}, {fmt(interval['high'], metric)}]"
+    if spreads and metric == "accuracy":
+        text += f" ({fmt(interval['sd_draw'], metric)}, {fmt(interval['sd_seed'], metric)})"
+    return text + (" inside" if inside else " **outside**")
+
+
+def offset_lines(offsets: dict) -> list[str]:
+    """One line per (valid/test, metric): the source's mean offset from our means."""
+    lines = []
+    for key, found in offsets.items():
+        which, metric = key.split("/")
+        low, high = found["ci"]
+        if metric == "accuracy":
+            text = f"{found['mean_offset'] * 100:+.2f} points [{low * 100:+.2f}, {high * 100:+.2f}]"
+        else:
+            text = f"×{math.exp(found['mean_offset']):.3f} [{math.exp(low):.3f}, {math.exp(high):.3f}]"
+        verdict = ("offset as a group (p %.3f): more than independent single runs scatter; one draw of its own "
+                   "for all its cells would move them together" % found["p"] if found["p"] < 0.05
+                   else "no group offset shown (p %.2f; not evidence of none)" % found["p"])
+        lines.append(f"- {which} {metric}, over {len(found['cells'])} cells: mean published − ours {text}: {verdict}.")
     return lines
 
 
@@ -431,14 +449,11 @@ def glance_section(results: dict, cells: dict[str, Cell]) -> list[str]:
             low, high = survival["ci"]
             lines.append(f"- **`{cell_id}`:** the ReLU survived in {survival['alive']}/{survival['n']} seeds "
                          f"(95% CI {low:.0%}–{high:.0%}).")
-    comparisons = [c for f in results["families"].values() for c in f["comparisons"].values()]
-    tested = [c for c in comparisons if c["test"]]
-    detected = sum(c["detected"] for c in tested)
-    sizes = " or ".join(sorted({"/".join(str(k) for k in c["n"]) for c in tested})) or "–"
-    lines.append(f"- **Comparisons with the recommended cell:** {len(comparisons)}; {len(tested)} tested (both "
-                 f"cells' runs all learned), {detected} with a difference detected (p_Holm < {ALPHA}), "
-                 f"{len(tested) - detected} with none detected at n = {sizes} runs (their intervals are in the tables); "
-                 f"{len(comparisons) - len(tested)} not tested because a cell's runs are not all `learned`.")
+    verdicts: dict[str, int] = {}
+    for entry in results["comparisons"]:
+        verdicts[entry["verdict"]] = verdicts.get(entry["verdict"], 0) + 1
+    lines.append(f"- **Comparisons, over every draw:** {len(results['comparisons'])}: "
+                 + ", ".join(f"{n} {verdict}" for verdict, n in sorted(verdicts.items())) + ".")
     judged = [(cell_id, j) for cell_id, e in results["cells"].items() for j in e["published"]]
     outside = [(cell_id, j) for cell_id, j in judged if not j["inside"]]
     lines.append(f"- **Published single runs:** {len(judged) - len(outside)} of {len(judged)} fall inside our "
@@ -601,6 +616,15 @@ def render_report(cells: dict[str, Cell], results: dict, published: dict, params
         "everything behind a row.",
     ]
     lines += findings_section(results, params.report.alpha, params.report.margins.model_dump())
+    lines += [
+        "", "**Glossary.** *S0*: seed 000's study of loss functions; *S1*: seed 001's study of final "
+        "activations (the seeds are the two source write-ups, `seeds/000_…` and `seeds/001_…`). *RNG seed* "
+        "(`seed 0`, `seed 1`, …): the random seed of one training run — a different thing from a write-up. "
+        "*Draw*: one random 5,000-image subset of MNIST's training images (`data.subset_seed`); every run "
+        "is tested on the same 10,000 official test images. *✅ / ❌*: the configuration the seed recommends "
+        "or not — the seed's mark, not our verdict. *Train-mean baseline*: always predicting the train "
+        "targets' mean (regression); the best constant answer of a classifier is its majority class."]
+    lines += evidence_figures(results, cells, figure_dir)
     lines += glance_section(results, cells)
     for study in STUDIES:
         members_by_task = {t: family(study, t, cells) for t in TASK_ORDER}
@@ -624,6 +648,21 @@ def render_report(cells: dict[str, Cell], results: dict, published: dict, params
     lines += learning_curve_section(cells, figure_dir)
     lines += per_run_section(cells)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def evidence_figures(results: dict, cells: dict[str, Cell], figure_dir: Path) -> list[str]:
+    """Per task: the forest plot of its comparisons and, where outputs are probabilities, the
+    reliability of each cell's (both drawn from results.json)."""
+    lines = ["", "### The comparisons and the calibration, per task", ""]
+    for task in TASK_ORDER:
+        forest_path = figure_dir / f"forest-{task}.png"
+        figures.forest(task, [c for c in results["comparisons"] if c["task"] == task], forest_path)
+        reliability_path = figure_dir / f"reliability-{task}.png"
+        figures.reliability(task, {c: s["reliability"] for c, s in results["calibration"].items()
+                                   if s and cells[c].task == task}, reliability_path)
+        lines += [f"![{task}: {path.stem.split('-')[0]}]({FIGURES}/{path.name})"
+                  for path in (forest_path, reliability_path) if path.exists()]
+    return lines
 
 
 def learning_curve_section(cells: dict[str, Cell], figure_dir: Path) -> list[str]:

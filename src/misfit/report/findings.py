@@ -15,11 +15,6 @@ from misfit.core.layout import EVALUATIONS_DIR, RECORDS_DIR
 from misfit.joined import load_joined
 from misfit.core.tasks import STROKES
 from misfit.report.intervals import (
-    Difference,
-    PredictionInterval,
-    holm,
-    prediction_interval,
-    welch_difference,
     wilson,
 )
 from misfit.report.modes import (
@@ -197,42 +192,6 @@ def cell_summary(cell: Cell) -> dict:
 
 # -- comparisons ------------------------------------------------------------------------
 
-def compare_family(cells: list[Cell], reference: Cell | None) -> dict[str, dict]:
-    """Each cell of one (study, task) family against the recommended cell: a Welch interval
-    and a Holm-adjusted p over the family, where both cells' runs all learned; otherwise
-    the reason there is no test."""
-    found: dict[str, dict] = {}
-    tested: list[tuple[str, Difference]] = []
-    for cell in cells:
-        if reference is None or cell.cell_id == reference.cell_id:
-            continue
-        reason = _why_no_test(cell, reference)
-        if reason:
-            found[cell.cell_id] = {"reference": reference.cell_id, "test": None, "reason": reason}
-            continue
-        difference = welch_difference(cell.values(), reference.values())
-        if difference is None:
-            found[cell.cell_id] = {"reference": reference.cell_id, "test": None,
-                                   "reason": "no spread in either cell: the values are "
-                                             f"{cell.values()[0]} and {reference.values()[0]}"}
-            continue
-        tested.append((cell.cell_id, difference))
-    for (cell_id, difference), adjusted in zip(tested, holm([d.p_value for _, d in tested])):
-        found[cell_id] = {"reference": reference.cell_id, "test": "welch", "estimate": difference.estimate,
-                          "ci": [difference.low, difference.high], "p": difference.p_value,
-                          "p_holm": adjusted, "family_size": len(tested), "n": list(difference.n),
-                          "detected": adjusted < ALPHA}
-    return found
-
-
-def _why_no_test(cell: Cell, reference: Cell) -> str | None:
-    for which in (cell, reference):
-        if not which.learns:
-            return (f"`{which.cell_id}`'s runs are not all `learned` ({format_modes(which.modes)}): "
-                    "a mean over them is no run's value")
-    return None
-
-
 def format_modes(modes: dict[str, int]) -> str:
     total = sum(modes.values())
     return ", ".join(f"{n}/{total} {mode}" for mode, n in modes.items())
@@ -248,43 +207,122 @@ class Published:
     digits: int  # decimals the source printed, in the units it printed
 
 
-def judge_published(cell: Cell, published: Published, draw_seeds: list[int], label_summary: dict) -> dict:
-    """The published test value against one new run on a new draw.
+def run_value(run: Run, which: str) -> float | None:
+    """A run's test score, or its valid best (the evaluate stage's re-score, else training's)."""
+    if which == "test":
+        return run.test
+    evaluated = run.record.get("evaluated") or {}
+    value = json_float(evaluated.get("valid_best") if evaluated.get("valid_best") is not None
+                       else run.record.get("valid_best"))
+    return value if value is not None and math.isfinite(value) else None
 
-    The runs: the main draw's `draw_seeds` and every further draw. All learned: a
-    prediction interval. Otherwise: the modes, and which mode (which constant) the
-    published value matches.
+
+def _on_scale(value: float, metric: str) -> float:
+    return math.log(value) if metric == "mse" else value  # MSE's spread grows with it: compared in logs
+
+
+def _off_scale(value: float, metric: str) -> float:
+    return math.exp(value) if metric == "mse" else value
+
+
+def task_components(cells: list[Cell], which: str):
+    """The draw, seed and residual variance of one run's `which` score, pooled over the task's
+    cells whose runs all learned (misfit.report.paired): one cell alone has 4 degrees of
+    freedom for its draw part. None when no cell qualifies."""
+    import numpy as np
+
+    from misfit.report.paired import Pairs, pooled_components
+
+    groups = []
+    for cell in cells:
+        runs = [r for r in cell.runs + cell.draw_runs if run_value(r, which) is not None]
+        if cell.all_learned and len(runs) > 2:
+            groups.append(Pairs(np.array([r.subset_seed for r in runs]), np.array([r.seed for r in runs]),
+                                np.array([_on_scale(run_value(r, which), cell.metric) for r in runs]), 0.0))
+    return pooled_components(groups) if groups else None
+
+
+def prediction_for(cell: Cell, which: str, components) -> dict:
+    """Where one new run on a new draw with a new seed lands, 95%: the cell's mean over all its
+    runs, and the draw, seed and residual variance plus the mean's own."""
+    import numpy as np
+    from scipy import stats
+
+    runs = [r for r in cell.runs + cell.draw_runs if run_value(r, which) is not None]
+    values = [_on_scale(run_value(r, which), cell.metric) for r in runs]
+    mean = statistics.fmean(values)
+    var_mean = components.variance_of_mean(np.array([r.subset_seed for r in runs]), np.array([r.seed for r in runs]))
+    spread = math.sqrt(components.draw + components.seed + components.residual + var_mean)
+    half = float(stats.t.ppf(0.975, components.df)) * spread
+    low, high = _off_scale(mean - half, cell.metric), _off_scale(mean + half, cell.metric)
+    if cell.metric == "accuracy":  # a share: the interval stops where the scale does
+        low, high = max(0.0, low), min(1.0, high)
+    return {"mean": _off_scale(mean, cell.metric), "low": low, "high": high, "sd_draw": math.sqrt(components.draw),
+            "sd_seed": math.sqrt(components.seed), "sd_residual": math.sqrt(components.residual),
+            "sd_prediction": spread, "scale": "log" if cell.metric == "mse" else "share", "df": components.df,
+            "draws": len({r.subset_seed for r in runs}), "runs": len(runs),
+            }
+
+
+def judge_published(cell: Cell, published: Published, label_summary: dict, components: dict | None = None) -> dict:
+    """The published valid and test values, each against one new run of ours on a new draw.
+
+    Every run of the cell on every draw is used. All learned: a prediction interval from
+    draw, seed and residual variance pooled over the task (`components`: {"test": ..,
+    "valid": ..}). Otherwise: the modes, and which mode (which constant) the published test
+    value matches.
     """
-    pool = [r for r in cell.runs if r.seed in draw_seeds] + cell.draw_runs
+    pool = cell.runs + cell.draw_runs
     modes = mode_counts([r.outcome for r in pool])
     tolerance = 0.5 * 10 ** -published.digits * (0.01 if cell.metric == "accuracy" else 1)
-    judged = {"source": published.source, "valid": published.valid, "test": published.test,
+    judged = {"cell": cell.cell_id, "source": published.source, "valid": published.valid, "test": published.test,
               "runs": len(pool), "draws": len({r.subset_seed for r in pool}), "modes": modes,
               "values": [[r.subset_seed, r.seed, r.outcome.mode, r.test] for r in pool]}
-    if len(modes) == 1 and LEARNED in modes:
-        groups = {}
-        for run in pool:
-            groups.setdefault(run.subset_seed, []).append(run.test)
-        interval = prediction_interval(list(groups.values()))
-        if interval is not None:
-            inside = interval.low - tolerance <= published.test <= interval.high + tolerance
-            judged.update(interval=_interval_dict(interval), inside=inside,
-                          explanation=None if inside else _outside_learned(cell, pool, published, interval))
-            return judged
+    if cell.all_learned and components and components.get("test") and components.get("valid"):
+        for which in ("test", "valid"):
+            interval = prediction_for(cell, which, components[which])
+            value = getattr(published, which)
+            inside = interval["low"] - tolerance <= value <= interval["high"] + tolerance
+            interval["offset"] = _on_scale(value, cell.metric) - _on_scale(interval["mean"], cell.metric)
+            judged[f"{which}_interval"] = interval
+            judged[f"{which}_inside"] = inside
+        judged.update(interval=judged["test_interval"], inside=judged["test_inside"],
+                      explanation=None if judged["test_inside"] else _outside_learned(cell, pool, published,
+                                                                                     judged["test_interval"]))
+        return judged
     judged.update(interval=None, **_judge_by_mode(cell, pool, published, tolerance, label_summary))
     return judged
 
 
-def _interval_dict(interval: PredictionInterval) -> dict:
-    return {"mean": interval.mean, "low": interval.low, "high": interval.high, "sd_draw": interval.sd_draw,
-            "sd_seed": interval.sd_seed, "draws": interval.draws, "per_draw": interval.per_draw}
+def source_offsets(judged: list[dict]) -> dict:
+    """Whether one source's published numbers sit off ours as a group (each source trained all
+    its cells on one draw of its own): the mean of (published - our predicted mean), over
+    its cells with an interval, against what independent single runs would scatter (a
+    z-test; a shared draw also moves them together, so an offset can be the source's draw)."""
+    from scipy import stats
+
+    found = {}
+    for which in ("test", "valid"):
+        rows = [(j["cell"], j[f"{which}_interval"]) for j in judged if j.get(f"{which}_interval")]
+        for metric in ("accuracy", "mse"):
+            mine = [(c, i) for c, i in rows if (i["scale"] == "log") == (metric == "mse")]
+            if len(mine) < 2:
+                continue
+            offsets = [i["offset"] for _, i in mine]
+            sd = math.sqrt(sum(i["sd_prediction"] ** 2 for _, i in mine)) / len(mine)
+            mean = statistics.fmean(offsets)
+            p = float(2 * stats.norm.sf(abs(mean) / sd)) if sd > 0 else 1.0
+            found[f"{which}/{metric}"] = {"cells": [c for c, _ in mine], "mean_offset": mean, "sd": sd,
+                                          "ci": [mean - 1.96 * sd, mean + 1.96 * sd], "p": p,
+                                          "scale": "log ratio" if metric == "mse" else "share"}
+    return found
 
 
-def _outside_learned(cell: Cell, pool: list[Run], published: Published, interval: PredictionInterval) -> str:
+def _outside_learned(cell: Cell, pool: list[Run], published: Published, interval: dict) -> str:
     values = [r.test for r in pool]
-    beyond = sum(v >= published.test for v in values) if published.test > interval.high else sum(
+    beyond = sum(v >= published.test for v in values) if published.test > interval["high"] else sum(
         v <= published.test for v in values)
-    side = "above" if published.test > interval.high else "below"
+    side = "above" if published.test > interval["high"] else "below"
     gaps = [json_float(r.record["test"]) - json_float(r.record["valid_best"]) for r in pool]
     ours_gap = statistics.median(gaps)
     return (f"{side} the interval; {beyond} of our {len(values)} runs reach it. The source's test − valid "
