@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from misfit.report.document import _detail_groups
+from misfit.report.tables import _detail_groups
 
 
 def test_constants_that_differ_in_a_measured_number_group_with_their_range():
@@ -19,7 +19,7 @@ def test_whole_numbers_are_categories_and_groups_count_their_runs():
 
 
 def test_a_collapse_to_the_minority_answer_is_named_as_such():
-    from misfit.report.document import constant_answer_lines
+    from misfit.report.tables import constant_answer_lines
     from misfit.report.findings import Baseline, Cell, Run
     from misfit.report.modes import CONSTANT, LEARNED, Outcome
 

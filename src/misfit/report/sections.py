@@ -1,0 +1,261 @@
+"""The report's sections after the tables (published runs, the glance counts, the ReLU
+lottery, the double softmax, the failure diagnostics, every run): formatting only."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from misfit.core.config import Params
+from misfit.core.study import (
+    S0,
+    S1,
+)
+from misfit.report import diagnostics, figures
+from misfit.report.analysis import (
+    FIGURES,
+    RELU_CELLS,
+    SOURCES,
+)
+from misfit.report.compare import reference_of
+from misfit.report.findings import (
+    Cell,
+    format_modes,
+)
+from misfit.report.modes import (
+    CONSTANT,
+    DEAD_RELU,
+    LEARNED,
+    WORSE,
+    mode_counts,
+)
+from misfit.report.tables import (
+    run_ids,
+    _p,
+    fmt,
+)
+
+FAILURE_SECTIONS = ((CONSTANT, "One constant answer"), (DEAD_RELU, "A dead ReLU output"),
+                    (WORSE, "Varied answers, no better than a constant"))
+
+
+# -- data ----------------------------------------------------------------------------
+
+def published_section(results: dict, cells: dict[str, Cell], params: Params) -> list[str]:
+    lines = ["", "## Against the published single runs", "",
+             "Each source published one run per cell, from a data draw of its own. A single new run "
+             "varies with the draw *and* the seed, so each published valid and test value is set against a "
+             "95% prediction interval for one new run on a new draw with a new seed, from every run of the "
+             f"cell on our {1 + len(params.draws.subset_seeds)} draws: draw and seed as crossed random effects, "
+             "their variances pooled over the task's cells whose runs all learned (MSE on a log scale). "
+             "Where our runs split into modes, there is no single interval: the published test value is "
+             "matched to the mode whose range it falls in.", ""]
+    for study in (S0, S1):
+        lines += [f"### {SOURCES[study]}", "",
+                  "| cell | published valid / test | our runs | valid: 95% prediction interval | "
+                  "test: 95% prediction interval (σ draw, σ seed) | explanation |", "|---|---|---|---|---|---|"]
+        for cell_id, entry in results["cells"].items():
+            for judged in entry["published"]:
+                if judged["source"] != SOURCES[study]:
+                    continue
+                metric = cells[cell_id].metric
+                lines.append(f"| `{cell_id}` | {fmt(judged['valid'], metric)} / {fmt(judged['test'], metric)} | "
+                             f"{judged['runs']} on {judged['draws']} draws: {format_modes(judged['modes'])} | "
+                             f"{_pi_text(judged.get('valid_interval'), judged.get('valid_inside'), metric, False)} | "
+                             f"{_pi_text(judged.get('test_interval'), judged['inside'], metric, True)} | "
+                             f"{judged.get('explanation') or ''} |")
+        lines += ["", *offset_lines(results["published_offsets"].get(SOURCES[study], {})), ""]
+    return lines
+
+
+def _pi_text(interval: dict | None, inside: bool | None, metric: str, spreads: bool) -> str:
+    if not interval:
+        return "–" if inside is None else ("inside a mode's range" if inside else "**outside**")
+    text = f"[{fmt(interval['low'], metric)}, {fmt(interval['high'], metric)}]"
+    if spreads and metric == "accuracy":
+        text += f" ({fmt(interval['sd_draw'], metric)}, {fmt(interval['sd_seed'], metric)})"
+    return text + (" inside" if inside else " **outside**")
+
+
+def offset_lines(offsets: dict) -> list[str]:
+    """One line per (valid/test, metric): the source's mean offset from our means."""
+    lines = []
+    for key, found in offsets.items():
+        which, metric = key.split("/")
+        low, high = found["ci"]
+        if metric == "accuracy":
+            text = f"{found['mean_offset'] * 100:+.2f} points [{low * 100:+.2f}, {high * 100:+.2f}]"
+        else:
+            text = f"×{math.exp(found['mean_offset']):.3f} [{math.exp(low):.3f}, {math.exp(high):.3f}]"
+        verdict = ("offset as a group (p %.3f): more than independent single runs scatter; one draw of its own "
+                   "for all its cells would move them together" % found["p"] if found["p"] < 0.05
+                   else "no group offset shown (p %.2f; not evidence of none)" % found["p"])
+        lines.append(f"- {which} {metric}, over {len(found['cells'])} cells: mean published − ours {text}: {verdict}.")
+    return lines
+
+
+def glance_section(results: dict, cells: dict[str, Cell]) -> list[str]:
+    """The headline counts, each computed from the tables below it."""
+    main = [r for c in cells.values() for r in c.runs]
+    further = sum(len(c.draw_runs) for c in cells.values())
+    learned_all = [c for c in cells.values() if c.single_mode == LEARNED]
+    lines = ["", "## At a glance", "",
+             f"- **Runs:** {len(main) + further} in {len(cells)} cells: {len(main)} on the main draw "
+             f"({format_modes(mode_counts([r.outcome for r in main]))}) and {further} on further draws.",
+             f"- **Cells whose every run learned:** {len(learned_all)}/{len(cells)}."]
+    never = [c for c in cells.values() if c.modes and LEARNED not in c.modes]
+    if never:
+        lines.append("- **Cells where no run learned:** " + "; ".join(
+            f"`{c.cell_id}` ({format_modes(c.modes)})" for c in never) + ".")
+    split = [c for c in cells.values() if LEARNED in c.modes and len(c.modes) > 1]
+    if split:
+        lines.append("- **Cells whose runs split into modes** (a mean over them would be no run's value): " + "; ".join(
+            f"`{c.cell_id}` ({format_modes(c.modes)})" for c in split) + ".")
+    for cell_id in RELU_CELLS:
+        if cell_id in results["cells"]:
+            survival = results["cells"][cell_id]["relu"]["survival"]
+            low, high = survival["ci"]
+            lines.append(f"- **`{cell_id}`:** the ReLU survived in {survival['alive']}/{survival['n']} seeds "
+                         f"(95% CI {low:.0%}–{high:.0%}).")
+    verdicts: dict[str, int] = {}
+    for entry in results["comparisons"]:
+        verdicts[entry["verdict"]] = verdicts.get(entry["verdict"], 0) + 1
+    lines.append(f"- **Comparisons, over every draw:** {len(results['comparisons'])}: "
+                 + ", ".join(f"{n} {verdict}" for verdict, n in sorted(verdicts.items())) + ".")
+    judged = [(cell_id, j) for cell_id, e in results["cells"].items() for j in e["published"]]
+    outside = [(cell_id, j) for cell_id, j in judged if not j["inside"]]
+    lines.append(f"- **Published single runs:** {len(judged) - len(outside)} of {len(judged)} fall inside our "
+                 "prediction interval for one new run, or inside the range of one of our modes"
+                 + (": every one." if not outside else "; outside: " + "; ".join(
+                     f"`{cell_id}` ({j['source']}, test {fmt(j['test'], cells[cell_id].metric)})"
+                     for cell_id, j in outside) + " — why, in [Against the published single runs]"
+                     "(#against-the-published-single-runs)."))
+    return lines
+
+
+def relu_section(results: dict, cells: dict[str, Cell]) -> list[str]:
+    lines = ["", "## The ReLU regression cells are a lottery", "",
+             "At initialisation the final pre-activation is nearly the same for every image, so a ReLU "
+             "output starts either live for (nearly) all images or dead for all; a dead one passes no "
+             "gradient and never recovers, and AdamW's first steps kill some of the live ones. Survival = "
+             "runs whose ReLU is live at the kept checkpoint, with a Wilson 95% interval."]
+    for cell_id in RELU_CELLS:
+        if cell_id not in results["cells"]:
+            continue
+        relu = results["cells"][cell_id]["relu"]
+        survival = relu["survival"]
+        low, high = survival["ci"]
+        lines += ["", f"### `{cell_id}`", "",
+                  f"- Survived: **{survival['alive']}/{survival['n']}** ({survival['alive'] / survival['n']:.0%}, "
+                  f"95% CI {low:.0%}–{high:.0%}); seeds {relu['survivors']}.",
+                  f"- Dead: {relu['dead_at_init']} at initialisation, {relu['died_in_training']} in training; "
+                  f"their test MSE {_range_text(relu['dead_test'])}."]
+        if survival["alive"]:
+            lines.append(f"- The live runs end as {format_modes(relu['alive_modes'])}; test MSE "
+                         f"{_range_text(relu['alive_test'])}.")
+        if "clip_bound" in relu:
+            lines.append(f"- The best a z-scored ReLU output can score (the train mean for every target below "
+                         f"it, every other target exact): test MSE {relu['clip_bound']:.4f}.")
+        if "zero_mse" in relu:
+            lines.append(f"- Always predicting 0 (a dead raw-target ReLU) scores {relu['zero_mse']:.4f}.")
+    return lines
+
+
+def _range_text(summary: dict) -> str:
+    if not summary["n"]:
+        return "–"
+    if summary["n"] == 1:
+        return f"{summary['median']:.4f}"
+    return f"median {summary['median']:.4f} ({summary['min']:.4f}–{summary['max']:.4f}, n = {summary['n']})"
+
+
+def double_softmax_section(results: dict, cells: dict[str, Cell]) -> list[str]:
+    lines = ["", "## The source's own misuse: softmax followed by nn.CrossEntropyLoss", "",
+             "Seed 000's \"categorical cross-entropy with softmax\" fed the softmax output into "
+             "`nn.CrossEntropyLoss`, which applies (log-)softmax again. The `logits` cells give the loss "
+             "the raw logits (and `BCEWithLogitsLoss` for the sigmoid cells). Δ = correct − source on test, "
+             "Welch's 95% interval, p Holm-adjusted over the pairs tested.", "",
+             "| as the source did | correct idiom | Δ test [95% CI] | p_Holm | median best epoch (source → correct) | "
+             "median valid at epoch 1 (source → correct) |", "|---|---|---|---|---|---|"]
+    for row in results["double_softmax"]:
+        metric = cells[row["source"]].metric
+        if "ci" in row:
+            delta = f"{fmt(row['estimate'], metric, True)} [{fmt(row['ci'][0], metric, True)}, {fmt(row['ci'][1], metric, True)}]"
+            p = _p(row["p_holm"])
+        else:
+            delta, p = row["reason"], "–"
+        epochs = " → ".join("–" if e is None else f"{e:g}" for e in row["best_epoch"])
+        first = " → ".join(fmt(v, metric) for v in row["epoch1_valid"])
+        lines.append(f"| `{row['source']}` | `{row['correct']}` | {delta} | {p} | {epochs} | {first} |")
+    return lines
+
+
+def diagnostics_sections(cells: dict[str, Cell], results: dict, label_summary: dict, figure_dir: Path) -> list[str]:
+    test_labels = label_summary["test"]
+    targets_per_image = {"multilabel": sum(test_labels["multilabel"]["positive_share_per_output"]),
+                         "multiclass": 1.0, "binary": 1.0}
+    lines = ["", "## Diagnostics: how the failing runs fail", "",
+             "Grouped by what happened to the runs, not by configuration. Each row is one cell's runs in "
+             "that mode (never an average across modes), next to the recommended cell's runs, with the "
+             "diagnostics logged on the valid set every epoch (gradient norms: mean over the epoch's "
+             "steps) at epoch 1 → the last epoch each run trained. Statements appear only when the "
+             "numbers support them."]
+    number = 0
+    for mode, title in FAILURE_SECTIONS:
+        for section in diagnostics.sections_for(mode, title):
+            regression = section.keys == diagnostics.REGRESSION_KEYS
+            affected = [c for c in cells.values() if (c.task == "regression") == regression
+                        and mode in c.modes]
+            if not affected:
+                continue
+            number += 1
+            groups, statements = {}, []
+            references = _references(affected, cells)
+            for ref in references.values():
+                if ref is not None:
+                    groups[f"`{ref.cell_id}` (recommended, learned)"] = [r.record["history"] for r in ref.runs]
+            for cell in affected:
+                runs = cell.by_mode[mode]
+                label = f"`{cell.cell_id}` ({len(runs)}/{len(cell.runs)} {mode})"
+                groups[label] = [r.record["history"] for r in runs]
+                snap = diagnostics.snapshot(groups[label], section.keys)
+                ref = references[cell.task]
+                ref_snap = diagnostics.snapshot([r.record["history"] for r in ref.runs], section.keys) if ref else None
+                statements += diagnostics.statements(cell.cell_id, snap, ref_snap, targets_per_image.get(cell.task))
+            snaps = {label: diagnostics.snapshot(h, section.keys) for label, h in groups.items()}
+            lines += ["", f"### {section.title}", "", *diagnostics.table(section, snaps), ""]
+            guesses = {diagnostics.seed_guess(c.cell_id) for c in affected} - {None}
+            lines += [f"- The seeds' explanation: {g}." for g in sorted(guesses)]
+            lines += [f"- {s}" for s in statements]
+            path = figure_dir / f"diagnostics-{number}.png"
+            figures.diagnostic_panels(section.title, list(section.keys), groups, path)
+            lines += ["", f"![{section.title}]({FIGURES}/{path.name})"]
+    return lines
+
+
+def _references(affected: list[Cell], cells: dict[str, Cell]) -> dict[str, Cell | None]:
+    found = {}
+    for task in dict.fromkeys(c.task for c in affected):  # in the cells' order: a set's varies by process
+        reference = reference_of(S0, task, cells) or reference_of(S1, task, cells)
+        found[task] = cells[reference] if reference else None
+    return found  # in the cells' order: a set's varies by process
+
+
+def appendix(cells: dict[str, Cell], results: dict, links) -> str:
+    """reports/runs.md: where every number comes from (each cell's config digest and MLflow
+    runs) and every run's test value and mode, on every draw."""
+    lines = ["# Every run, and where it comes from", "",
+             "The appendix of [report.md](report.md). `d<k>/<s>`: a run on data draw k (`data.subset_seed`) "
+             "with RNG seed s. Every id resolves with `misfit audit <id>`; a cell's config digest is the "
+             "SHA-256 of its resolved configuration.", "",
+             "| cell | config digest | parent run | runs on the main draw |", "|---|---|---|---|"]
+    for cell in cells.values():
+        entry = results["cells"][cell.cell_id]
+        lines.append(f"| `{cell.cell_id}` | `{entry['cell_digest'][:12]}` | `{entry['parent_run']}` | "
+                     f"{run_ids(cell, links)} |")
+    lines += ["", "| cell | test value (mode) per run |", "|---|---|"]
+    for cell in cells.values():
+        parts = [f"d{run.subset_seed}/{run.seed}: {fmt(run.test, cell.metric)} ({run.outcome.mode})"
+                 for run in cell.runs + cell.draw_runs]
+        lines.append(f"| `{cell.cell_id}` | {'<br>'.join(parts)} |")
+    return "\n".join(lines) + "\n"
