@@ -39,7 +39,7 @@ def in_project(project, monkeypatch):
 
 def record(root: Path, cell: str = CELL) -> dict:
     """The cell's train record with each run's evaluation (its test number) joined in."""
-    from misfit.core.record import load_joined
+    from misfit.joined import load_joined
 
     return load_joined(root / "records", root / "evaluations", cell)
 

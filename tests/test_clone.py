@@ -43,7 +43,7 @@ def published_entry(clone: Path) -> dict:
 
 def record(clone: Path, cell: str = CELL) -> dict:
     """The cell's train record with each run's evaluation (its test number) joined in."""
-    from misfit.core.record import load_joined
+    from misfit.joined import load_joined
 
     return load_joined(clone / "records", clone / "evaluations", cell)
 

@@ -45,8 +45,8 @@ def test_the_published_report_does_not_depend_on_the_hash_seed(published, tmp_pa
     import sys
 
     project = published[0]
-    for name in ("src", "stages", "records", "evaluations", "metrics", "reference", "params.yaml",
-                 "data/label_summary.json"):
+    for name in ("src", "stages", "records", "evaluations", "metrics", "predictions", "reference", "params.yaml",
+                 "data/label_summary.json", "data/test_labels.npz"):
         source, target = project / name, tmp_path / name
         target.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)

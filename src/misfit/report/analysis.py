@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from misfit.core.config import Params
+from misfit.core.errors import DataError
 from misfit.core.files import (
     json_float,
     read_json,
@@ -29,13 +30,11 @@ from misfit.report.findings import (
     Cell,
     Published,
     cell_summary,
-    format_modes,
     judge_published,
     relu_lottery,
     source_offsets,
     task_components,
 )
-from misfit.report.intervals import holm, welch_difference
 
 FIGURES = "figures"
 REFERENCE_FILE = Path("reference/author_s1.json")  # the author's completed S1 tables, with their source
@@ -65,8 +64,12 @@ def family(study: str, task: str, cells: dict[str, Cell]) -> list[Cell]:
 
 def test_targets(root: Path, task: str) -> np.ndarray:
     """The test split's targets of a task (data/test_labels.npz, the label-derive stage's)."""
-    with np.load(root / TEST_LABELS) as arrays:
-        return arrays[task]
+    try:
+        with np.load(root / TEST_LABELS) as arrays:
+            return arrays[task]
+    except (OSError, KeyError, ValueError) as error:
+        raise DataError(f"{root / TEST_LABELS}: cannot read the {task} test targets ({error}); "
+                        "rerun label-derive (dvc repro label-derive)") from None
 
 
 def analyse(cells: dict[str, Cell], published: dict, params: Params, label_summary: dict,
@@ -83,7 +86,7 @@ def analyse(cells: dict[str, Cell], published: dict, params: Params, label_summa
                                   "own": own_findings(cells, comparisons, calibration,
                                                       test_targets(root, "multilabel"))},
                      "comparisons": comparisons, "calibration": calibration,
-                     "cells": {}, "families": {}, "double_softmax": double_softmax(cells)}
+                     "cells": {}, "families": {}, "double_softmax": double_softmax(cells, comparisons)}
     for study in (S0, S1, ADDED):
         for task in TASK_ORDER:
             members = family(study, task, cells)
@@ -123,26 +126,21 @@ def run_entry(run) -> dict:
             "detail": run.outcome.detail, **{k: run.record[k] for k in keys}}
 
 
-def double_softmax(cells: dict[str, Cell]) -> list[dict]:
-    rows, tested = [], []
+def double_softmax(cells: dict[str, Cell], comparisons: list[dict]) -> list[dict]:
+    """The source's idiom (the loss on activated outputs) against the loss on raw logits: the
+    all-draw comparison of each pair, and how fast each side learns."""
+    from misfit.report.compare import find_comparison
+
+    rows = []
     for source, correct in DOUBLE_SOFTMAX_PAIRS:
         if source not in cells or correct not in cells:
             continue
         a, b = cells[source], cells[correct]
-        row = {"source": source, "correct": correct,
-               "epoch1_valid": [_median_at_epoch(c, 1) for c in (a, b)],
-               "best_epoch": [_median([r.record["best_epoch"] for r in c.runs]) for c in (a, b)]}
-        difference = welch_difference(b.values(), a.values()) if a.learns and b.learns else None
-        if difference:
-            row.update(estimate=difference.estimate, ci=[difference.low, difference.high], p=difference.p_value)
-            tested.append(row)
-        else:
-            row["reason"] = f"not both all learned ({format_modes(a.modes)}; {format_modes(b.modes)})"
-        rows.append(row)
-    for row, adjusted in zip(tested, holm([r["p"] for r in tested])):
-        row["p_holm"] = adjusted
+        rows.append({"source": source, "correct": correct,
+                     "epoch1_valid": [_median_at_epoch(c, 1) for c in (a, b)],
+                     "best_epoch": [_median([r.record["best_epoch"] for r in c.runs]) for c in (a, b)],
+                     "comparison": find_comparison(comparisons, correct, source)})
     return rows
-
 
 def _median(values: list) -> float | None:
     values = [v for v in values if v is not None]

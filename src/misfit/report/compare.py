@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from misfit.core.config import ReportConfig
+from misfit.core.errors import DataError
+from misfit.core.layout import PREDICTIONS_DIR
 from misfit.core.study import ADDED, RECOMMENDED, S0, STUDIES, TASK_ORDER
 from misfit.report.findings import Cell
 from misfit.report.intervals import wilson
@@ -33,8 +35,6 @@ from misfit.report.paired import (
     probability_of_improvement,
     to_metric,
 )
-
-PREDICTIONS_DIR = Path("predictions")
 
 
 def higher_is_better(metric: str) -> bool:
@@ -67,9 +67,14 @@ def family_pairs(task: str, cells: dict[str, Cell], claim_pairs: list[tuple[str,
 
 def run_scores(root: Path, cell: Cell) -> dict[tuple[int, int], Scores]:
     """Each learned run's test score and per-image terms, keyed by (draw, seed)."""
-    with np.load(root / PREDICTIONS_DIR / f"{cell.cell_id}.npz") as arrays:
-        rows = {(int(d), int(s)): i for i, (d, s) in enumerate(zip(arrays["subset_seeds"], arrays["seeds"]))}
-        per_image = arrays["per_image"]
+    path = root / PREDICTIONS_DIR / f"{cell.cell_id}.npz"
+    try:
+        with np.load(path) as arrays:
+            rows = {(int(d), int(s)): i for i, (d, s) in enumerate(zip(arrays["subset_seeds"], arrays["seeds"]))}
+            per_image = arrays["per_image"]
+    except (OSError, KeyError, ValueError) as error:
+        raise DataError(f"{path}: cannot read the per-image test scores ({error}); run evaluate@{cell.cell_id} "
+                        "or `dvc pull` it") from None
     scores = {}
     for run in cell.runs + cell.draw_runs:
         key = (run.subset_seed, run.seed)

@@ -39,10 +39,10 @@ from misfit.report.findings import (
 )
 from misfit.report.render_findings import findings_section
 from misfit.report.sections import (
+    appendix,
     diagnostics_sections,
     double_softmax_section,
     glance_section,
-    appendix,
     published_section,
     relu_section,
 )
@@ -94,7 +94,10 @@ def render_report(cells: dict[str, Cell], results: dict, published: dict, params
     lines += evidence_figures(results, cells, figure_dir)
     lines += glance_section(results, cells)
     for study in STUDIES:
-        members_by_task = {t: family(study, t, cells) for t in TASK_ORDER}
+        # a cell the source published a number for but whose write-up does not list it is shown too
+        extra = [c for c in published.get(study, {}) if c in cells and c not in STUDIES[study]]
+        members_by_task = {t: family(study, t, cells) + [cells[c] for c in extra if cells[c].task == t]
+                           for t in TASK_ORDER}
         if not any(members_by_task.values()):
             continue
         lines += ["", f"## {STUDY_TITLES[study]}"]

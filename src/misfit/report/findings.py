@@ -12,8 +12,8 @@ from pathlib import Path
 from misfit.core.config import Params
 from misfit.core.files import json_float
 from misfit.core.layout import EVALUATIONS_DIR, RECORDS_DIR
-from misfit.joined import load_joined
 from misfit.core.tasks import STROKES
+from misfit.joined import load_joined
 from misfit.report.intervals import (
     wilson,
 )

@@ -30,9 +30,8 @@ from misfit.report.modes import (
     mode_counts,
 )
 from misfit.report.tables import (
-    run_ids,
-    _p,
     fmt,
+    run_ids,
 )
 
 FAILURE_SECTIONS = ((CONSTANT, "One constant answer"), (DEAD_RELU, "A dead ReLU output"),
@@ -107,7 +106,7 @@ def glance_section(results: dict, cells: dict[str, Cell]) -> list[str]:
     if never:
         lines.append("- **Cells where no run learned:** " + "; ".join(
             f"`{c.cell_id}` ({format_modes(c.modes)})" for c in never) + ".")
-    split = [c for c in cells.values() if LEARNED in c.modes and len(c.modes) > 1]
+    split = [c for c in cells.values() if len(c.modes) > 1]
     if split:
         lines.append("- **Cells whose runs split into modes** (a mean over them would be no run's value): " + "; ".join(
             f"`{c.cell_id}` ({format_modes(c.modes)})" for c in split) + ".")
@@ -146,13 +145,14 @@ def relu_section(results: dict, cells: dict[str, Cell]) -> list[str]:
         survival = relu["survival"]
         low, high = survival["ci"]
         lines += ["", f"### `{cell_id}`", "",
-                  f"- Survived: **{survival['alive']}/{survival['n']}** ({survival['alive'] / survival['n']:.0%}, "
+                  f"- The ReLU is live (not dead) in **{survival['alive']}/{survival['n']}** ({survival['alive'] / survival['n']:.0%}, "
                   f"95% CI {low:.0%}–{high:.0%}); seeds {relu['survivors']}.",
                   f"- Dead: {relu['dead_at_init']} at initialisation, {relu['died_in_training']} in training; "
                   f"their test MSE {_range_text(relu['dead_test'])}."]
         if survival["alive"]:
-            lines.append(f"- The live runs end as {format_modes(relu['alive_modes'])}; test MSE "
-                         f"{_range_text(relu['alive_test'])}.")
+            learned = relu["alive_modes"].get(LEARNED, 0)
+            lines.append(f"- Of the live runs, {learned} learned: they end as {format_modes(relu['alive_modes'])}; "
+                         f"test MSE {_range_text(relu['alive_test'])}.")
         if "clip_bound" in relu:
             lines.append(f"- The best a z-scored ReLU output can score (the train mean for every target below "
                          f"it, every other target exact): test MSE {relu['clip_bound']:.4f}.")
@@ -170,25 +170,22 @@ def _range_text(summary: dict) -> str:
 
 
 def double_softmax_section(results: dict, cells: dict[str, Cell]) -> list[str]:
-    lines = ["", "## The source's own misuse: softmax followed by nn.CrossEntropyLoss", "",
-             "Seed 000's \"categorical cross-entropy with softmax\" fed the softmax output into "
-             "`nn.CrossEntropyLoss`, which applies (log-)softmax again. The `logits` cells give the loss "
-             "the raw logits (and `BCEWithLogitsLoss` for the sigmoid cells). Δ = correct − source on test, "
-             "Welch's 95% interval, p Holm-adjusted over the pairs tested.", "",
-             "| as the source did | correct idiom | Δ test [95% CI] | p_Holm | median best epoch (source → correct) | "
-             "median valid at epoch 1 (source → correct) |", "|---|---|---|---|---|---|"]
+    from misfit.report.render_findings import effect_text
+
+    lines = ["", "## The source's idiom against the loss on raw logits", "",
+             "Seed 000 fed activated outputs to the loss: softmax into `nn.CrossEntropyLoss`, which applies "
+             "(log-)softmax again (a double softmax), and sigmoid into `nn.BCELoss` (one squashing, but "
+             "without the log-sum-exp that keeps `BCEWithLogitsLoss` stable). The `logits` cells give the loss "
+             "the raw logits. The effect is the correct idiom's over every draw, as in the findings.", "",
+             "| as the source did | correct idiom | correct − source, over every draw | median best epoch "
+             "(source → correct) | median valid at epoch 1 (source → correct) |", "|---|---|---|---|---|"]
     for row in results["double_softmax"]:
         metric = cells[row["source"]].metric
-        if "ci" in row:
-            delta = f"{fmt(row['estimate'], metric, True)} [{fmt(row['ci'][0], metric, True)}, {fmt(row['ci'][1], metric, True)}]"
-            p = _p(row["p_holm"])
-        else:
-            delta, p = row["reason"], "–"
+        effect = effect_text(row["comparison"], row["correct"]) if row["comparison"] else "not compared"
         epochs = " → ".join("–" if e is None else f"{e:g}" for e in row["best_epoch"])
         first = " → ".join(fmt(v, metric) for v in row["epoch1_valid"])
-        lines.append(f"| `{row['source']}` | `{row['correct']}` | {delta} | {p} | {epochs} | {first} |")
+        lines.append(f"| `{row['source']}` | `{row['correct']}` | {effect} | {epochs} | {first} |")
     return lines
-
 
 def diagnostics_sections(cells: dict[str, Cell], results: dict, label_summary: dict, figure_dir: Path) -> list[str]:
     test_labels = label_summary["test"]
@@ -224,8 +221,14 @@ def diagnostics_sections(cells: dict[str, Cell], results: dict, label_summary: d
                 statements += diagnostics.statements(cell.cell_id, snap, ref_snap, targets_per_image.get(cell.task))
             snaps = {label: diagnostics.snapshot(h, section.keys) for label, h in groups.items()}
             lines += ["", f"### {section.title}", "", *diagnostics.table(section, snaps), ""]
-            guesses = {diagnostics.seed_guess(c.cell_id) for c in affected} - {None}
-            lines += [f"- The seeds' explanation: {g}." for g in sorted(guesses)]
+            # the seed's explanation of a failure, only where the cell's runs do fail
+            for cell in affected:
+                guess = diagnostics.seed_guess(cell.cell_id)
+                if guess and LEARNED not in cell.modes:
+                    lines.append(f"- The seed's explanation for `{cell.cell_id}`: {guess}.")
+                elif guess:
+                    lines.append(f"- The seed expected `{cell.cell_id}` to fail ({guess}); here "
+                                 f"{cell.modes[LEARNED]}/{len(cell.runs)} of its main-draw runs learned.")
             lines += [f"- {s}" for s in statements]
             path = figure_dir / f"diagnostics-{number}.png"
             figures.diagnostic_panels(section.title, list(section.keys), groups, path)

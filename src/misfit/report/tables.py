@@ -11,6 +11,7 @@ from misfit.core.files import (
     json_float,
 )
 from misfit.core.study import (
+    STUDIES,
     recommended_in,
 )
 from misfit.report.analysis import (
@@ -70,6 +71,8 @@ def value_text(cell: Cell, summary: dict) -> str:
     if "mean" in summary:
         if "sd" not in summary:
             return fmt(summary["mean"], metric)
+        if summary["sd"] == 0:  # no spread, so no interval: every run scored the same
+            return f"{fmt(summary['mean'], metric)} (all {len(cell.values())} runs)"
         low, high = summary["ci"]
         return f"{fmt(summary['mean'], metric)} ± {fmt(summary['sd'], metric)} [{fmt(low, metric)}, {fmt(high, metric)}]"
     parts = []
@@ -133,7 +136,8 @@ def study_table(study: str, members: list[Cell], results: dict, published: dict,
     for cell in members:
         entry = results["cells"][cell.cell_id]
         valid = cell_summary_valid(cell)
-        mark = "✅" if recommended_in(cell.cell_id, study) else "❌"
+        mark = ("✅" if recommended_in(cell.cell_id, study) else "❌") if cell.cell_id in STUDIES[study] else \
+            "– (not in the write-up; the author ran it later)"
         pub = f" {published_text(cell.cell_id, study, published)} |" if source else ""
         rows.append(f"| `{cell.cell_id}` | {mark} | {modes_text(cell)} | {value_text(cell, entry)} | {valid} | "
                     f"{epochs_text(cell)} |{pub}")
