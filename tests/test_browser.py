@@ -155,8 +155,8 @@ def test_filter_by_task_tag(server, project, chromium, tmp_path):
 def test_report_link_opens_the_run(server, project, chromium, tmp_path):
     from misfit.core.config import load_params
     from misfit.core.files import read_json
+    from misfit.report.cells import load_cells
     from misfit.report.tables import run_ids
-    from misfit.report.findings import load_cells
 
     base = server.base
     root, _ = project

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from misfit.core.config import ReportConfig
+from misfit.report.cells import Cell, Run
 from misfit.report.claims import FAILS, HOLDS, UNDECIDED, Claim, decide_claim
 from misfit.report.compare import LearnedShare, advantage, compare_task, family_pairs
 from misfit.report.conclude import multilabel_softmax_ceiling
-from misfit.report.findings import Cell, Run
 from misfit.report.modes import CONSTANT, LEARNED, Outcome
 
 DESIGN = [(0, s) for s in range(5)] + [(d, s) for d in range(1, 5) for s in range(2)]

@@ -1,7 +1,6 @@
 """Wilson intervals of rates (the comparisons' statistics: tests/test_paired.py)."""
 from __future__ import annotations
 
-
 import pytest
 
 from misfit.report.intervals import (

@@ -17,11 +17,11 @@ from misfit.report.paired import (
     Pairs,
     Scores,
     decide,
+    image_sampling_variance,
     pair_up,
     pooled_components,
     probability_of_improvement,
     runs_to_decide,
-    image_sampling_variance,
 )
 
 # the study's design: the main draw with 5 seeds, 4 further draws with seeds 0 and 1

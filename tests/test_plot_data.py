@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from misfit.report.findings import Cell, Run
+from misfit.report.cells import Cell, Run
 from misfit.report.modes import DEAD_RELU, FAILED, LEARNED, Outcome
 from misfit.report.plot_data import bar_rows, curve_rows
 

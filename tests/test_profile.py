@@ -14,8 +14,15 @@ import pytest
 import yaml
 from conftest import REPO, run, synthetic_project
 
-from misfit.run.profile import (EXP_SHOW_ARGS, Profile, ProfileError, apply_overrides, check_params,
-                                load_profile, set_args)
+from misfit.run.profile import (
+    EXP_SHOW_ARGS,
+    Profile,
+    ProfileError,
+    apply_overrides,
+    check_params,
+    load_profile,
+    set_args,
+)
 
 CELL = "binary-softmax-ce"
 TINY = {"description": "one epoch, seed 0, main draw", "set": {"protocol.max_epochs": 1, "seeds": [0],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 from conftest import (
     REPO,
     assert_pipeline_current,
@@ -19,7 +20,6 @@ from conftest import (
     stages_run,
     synthetic_mnist,
 )
-import pytest
 
 pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
 

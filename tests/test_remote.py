@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 
-from conftest import assert_pipeline_current, base_env, make_project, run, small_params, synthetic_mnist
 import pytest
+from conftest import assert_pipeline_current, base_env, make_project, run, small_params, synthetic_mnist
 
 pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
 

@@ -19,9 +19,9 @@ def test_whole_numbers_are_categories_and_groups_count_their_runs():
 
 
 def test_a_collapse_to_the_minority_answer_is_named_as_such():
-    from misfit.report.tables import constant_answer_lines
-    from misfit.report.findings import Baseline, Cell, Run
+    from misfit.report.cells import Baseline, Cell, Run
     from misfit.report.modes import CONSTANT, LEARNED, Outcome
+    from misfit.report.tables import constant_answer_lines
 
     runs = [Run(seed, 0, {"test": 0.4931}, Outcome(CONSTANT, "always 1 = curved")) for seed in range(4)]
     runs.append(Run(4, 0, {"test": 0.97}, Outcome(LEARNED, "")))

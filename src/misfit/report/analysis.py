@@ -25,8 +25,7 @@ from misfit.core.study import (
     STUDIES,
     TASK_ORDER,
 )
-from misfit.report.compare import reference_of
-from misfit.report.findings import (
+from misfit.report.cells import (
     Cell,
     Published,
     cell_summary,
@@ -35,6 +34,7 @@ from misfit.report.findings import (
     source_offsets,
     task_components,
 )
+from misfit.report.compare import reference_of
 
 FIGURES = "figures"
 REFERENCE_FILE = Path("reference/author_s1.json")  # the author's completed S1 tables, with their source

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 
-from misfit.report.findings import Cell
+from misfit.report.cells import Cell
 from misfit.report.modes import LEARNED
 
 FIGURES = ("ece", "brier", "log_loss", "outside_unit_share")

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from itertools import combinations
 
 from misfit.core.study import RECOMMENDED, S0, S1, STUDIES, TASK_ORDER
+from misfit.report.cells import Cell
 from misfit.report.compare import Advantage, LearnedShare, advantage, find_comparison
-from misfit.report.findings import Cell
 
 HOLDS, FAILS, UNDECIDED = "holds", "does not hold", "not decided at this n"
 

@@ -18,7 +18,7 @@ from misfit.core.config import ReportConfig
 from misfit.core.errors import DataError
 from misfit.core.layout import PREDICTIONS_DIR
 from misfit.core.study import ADDED, RECOMMENDED, S0, STUDIES, TASK_ORDER
-from misfit.report.findings import Cell
+from misfit.report.cells import Cell
 from misfit.report.intervals import wilson
 from misfit.report.modes import LEARNED
 from misfit.report.paired import (

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from misfit.core.study import RECOMMENDED, S0, S1, STUDIES
+from misfit.report.cells import Cell
 from misfit.report.claims import decide_claim, seed_claims
 from misfit.report.compare import LearnedShare, advantage, find_comparison, reference_of
-from misfit.report.findings import Cell
 
 # a cell's calibration is called off when its median ECE is this many times its reference's, and above FLOOR
 ECE_RATIO, ECE_FLOOR = 2.0, 0.02

@@ -32,7 +32,7 @@ from misfit.report.analysis import (
     family,
     published_runs,
 )
-from misfit.report.findings import (
+from misfit.report.cells import (
     Cell,
     baselines,
     load_cells,

@@ -1,5 +1,5 @@
 """Rates with Wilson intervals (statsmodels'). Comparisons over every draw, and prediction
-intervals for one new run, are misfit.report.paired's and misfit.report.findings.prediction_for's:
+intervals for one new run, are misfit.report.paired's and misfit.report.cells.prediction_for's:
 draw and seed as crossed effects, pooled per task."""
 from __future__ import annotations
 

@@ -17,11 +17,11 @@ from misfit.report.analysis import (
     RELU_CELLS,
     SOURCES,
 )
-from misfit.report.compare import reference_of
-from misfit.report.findings import (
+from misfit.report.cells import (
     Cell,
     format_modes,
 )
+from misfit.report.compare import reference_of
 from misfit.report.modes import (
     CONSTANT,
     DEAD_RELU,

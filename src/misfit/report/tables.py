@@ -17,7 +17,7 @@ from misfit.core.study import (
 from misfit.report.analysis import (
     SOURCES,
 )
-from misfit.report.findings import (
+from misfit.report.cells import (
     Cell,
 )
 from misfit.report.modes import (

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 
 from misfit.core.tasks import STROKES
-from misfit.report.findings import (
+from misfit.report.cells import (
     Cell,
     Published,
     Run,
     baselines,
     judge_published,
-    source_offsets,
-    task_components,
     relu_clip_bound,
     relu_lottery,
+    source_offsets,
+    task_components,
     zero_mse,
 )
 from misfit.report.modes import CONSTANT, DEAD_RELU, LEARNED, Outcome

@@ -1,7 +1,7 @@
-"""What the runs say, computed from the records: each run's outcome mode, each cell's
-summary (within a mode only), comparisons with intervals, and the published single runs
-judged against a prediction interval that includes the draw-to-draw variance.
-"""
+"""The cells as the report reads them: each run's outcome mode, each cell's summary (within
+a mode only), the constant answers' scores, the ReLU lottery, and the published single runs
+judged against a prediction interval for one new run on a new draw (draw and seed crossed,
+pooled per task). The comparisons between cells: misfit.report.compare."""
 from __future__ import annotations
 
 import math
