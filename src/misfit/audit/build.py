@@ -6,7 +6,7 @@ import os
 import shlex
 import statistics
 
-from misfit.audit import checks
+from misfit.audit import checks, history
 from misfit.audit.checks import Audit, prefixed
 from misfit.audit.facts import ABSENT, Facts, Match, SeedRun
 from misfit.audit.resolve import Subject
@@ -50,9 +50,9 @@ def build(project: Project, store: Store, query: str, subject: Subject) -> Facts
     summary = {key: summarize([r.get(key) for r in main if r.get("status") == "ok"])
                for key in ("valid_best", "test", "best_epoch")}
 
-    traced = checks.check_record_source(audit)
-    checks.check_commit(audit)
-    params = checks.check_params(audit)
+    traced = history.check_record_source(audit)
+    history.check_commit(audit)
+    params = history.check_params(audit)
     dataset_source = checks.check_data(audit)
     checkpoint_states = checks.check_checkpoints(audit, runs)
     published = checks.check_metrics_file(audit, summary)
@@ -169,7 +169,7 @@ def _whole_cell(audit: Audit, env: dict[str, str]) -> list[str]:
     commands = [f"git checkout {commit}" if commit != "unknown"
                 else "# no commit recorded: check out the code whose md5s are listed above",
                 _export({**env, "MISFIT_RETRAIN": "1"})]
-    restore = checks.params_at_commit(audit, commit) if commit != "unknown" else []
+    restore = history.params_at_commit(audit, commit) if commit != "unknown" else []
     if restore:
         # dvc exp run -S writes the run's values into params.yaml before anything runs, so
         # split and labels follow them too; --force reruns what DVC would skip

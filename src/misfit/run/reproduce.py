@@ -109,7 +109,8 @@ def setup_differences(root: Path, target: Target, params) -> list[str]:
     if any differs the numbers may too, and the difference names why."""
     import yaml
 
-    from misfit.audit.checks import listing, prefixed, record_params_diff
+    from misfit.audit.checks import prefixed
+    from misfit.audit.history import listing, record_params_diff
     from misfit.core.provenance import md5_of_files, train_code_files
 
     found = []
