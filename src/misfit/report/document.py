@@ -114,9 +114,8 @@ def render_report(cells: dict[str, Cell], results: dict, published: dict, params
     lines += relu_section(results, cells)
     lines += published_section(results, cells, params)
     lines += double_softmax_section(results, cells)
-    lines += diagnostics_sections(cells, results, label_summary, figure_dir)
-    lines += learning_curve_section(cells, figure_dir)
-    lines += ["", "Every run, its MLflow ids and config digests: [runs.md](runs.md)."]
+    lines += ["", "How the failing runs fail (diagnostics per failure mode), the learning curves, and every run "
+              "with its MLflow ids and config digests: the appendix, [runs.md](runs.md)."]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -175,7 +174,9 @@ def write_report(root: Path = Path(".")) -> None:
         # the old figures are replaced when this block ends, after the report is rendered
         links = (params.tracking.ui_base_url, experiment_id_of(root, params))
         report = render_report(cells, results, published, params, label_summary, figure_dir, links[1])
-        runs = appendix(cells, results, links)
+        runs = appendix(cells, results, links) + "\n".join(
+            diagnostics_sections(cells, results, label_summary, figure_dir)
+            + learning_curve_section(cells, figure_dir)) + "\n"
         n_figures = len(list(figure_dir.glob("*.png")))
     write_json_atomic(root / REPORTS_DIR / "results.json", results)
     write_text_atomic(root / REPORTS_DIR / "runs.md", runs)
