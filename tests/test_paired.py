@@ -175,3 +175,29 @@ def test_equivalence_is_declared_at_most_at_alpha_when_the_difference_sits_on_th
         components = pooled_components(pairs)
         declared += decide(pairs[0], components, 0.005, 0.05, 3, 0.8).verdict == EQUIVALENT
     assert declared / sims <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / sims)
+
+
+def test_a_comparison_noisier_than_the_pool_keeps_its_own_spread():
+    calm = Components(0.0, 0.0, 1e-6, df=20, comparisons=5, method="given")
+    noisy = paired(np.random.default_rng(0).normal(0.0, 0.01, 13))
+    pooled_only = math.sqrt(calm.variance_of_mean(noisy.draws, noisy.seeds))
+    decision = decide(noisy, calm, 0.005, 0.05, 1, 0.8)
+    assert decision.se_runs == pytest.approx(pooled_only * math.sqrt(np.var(noisy.deltas, ddof=1) / 1e-6))
+    quiet = paired(np.full(13, 0.001) + np.random.default_rng(1).normal(0, 1e-5, 13))
+    assert decide(quiet, calm, 0.005, 0.05, 1, 0.8).se_runs == pytest.approx(
+        math.sqrt(calm.variance_of_mean(quiet.draws, quiet.seeds)))  # never narrower than the pool
+
+
+@pytest.mark.slow
+def test_a_noisier_comparison_is_still_covered():
+    """One comparison's runs 4x noisier than the rest of its task: pooled alone, its interval
+    would be too narrow; kept at its own spread, it covers (here 98% over 200 simulations)."""
+    rng = np.random.default_rng(5)
+    true = np.array([0.0, 0.002, -0.003, 0.001, 0.004, 0.0])
+    covered = []
+    for _ in range(120):
+        pairs = simulate_family(rng, true, sd_draw=0.0015, sd_seed=0.001, sd_run=0.002, sd_image=0.02)
+        pairs[0] = simulate_family(rng, true[:1], sd_draw=0.0015, sd_seed=0.001, sd_run=0.008, sd_image=0.02)[0]
+        decision = decide(pairs[0], pooled_components(pairs), 0.005, 0.05, 1, 0.8)
+        covered.append(decision.low <= true[0] <= decision.high)
+    assert np.mean(covered) >= 0.92, np.mean(covered)

@@ -156,13 +156,23 @@ class Decision:
         return math.hypot(self.se_runs, self.se_images)
 
 
+def heterogeneity(pairs: Pairs, components: Components) -> float:
+    """How much noisier this comparison's runs are than the task's pooled components say (at
+    least 1): a comparison with a noisy cell keeps its own spread instead of borrowing the
+    task's, so pooling never narrows an interval below what its own runs show."""
+    pooled = components.draw + components.seed + components.residual
+    if pairs.n < 2 or pooled <= 0:
+        return 1.0
+    return max(1.0, float(pairs.deltas.var(ddof=1)) / pooled)
+
+
 def decide(pairs: Pairs, components: Components, margin: float, alpha: float, k: int, power: float) -> Decision:
     """The verdict on one comparison of a family of k."""
     from scipy import stats
 
     t = stats.t(components.df)
     estimate = pairs.estimate
-    se_runs = math.sqrt(components.variance_of_mean(pairs.draws, pairs.seeds))
+    se_runs = math.sqrt(components.variance_of_mean(pairs.draws, pairs.seeds) * heterogeneity(pairs, components))
     se_images = math.sqrt(pairs.image_variance)
     se = math.hypot(se_runs, se_images)
     two_sided, one_sided = t.ppf(1 - alpha / (2 * k)), t.ppf(1 - alpha / k)
