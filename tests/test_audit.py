@@ -298,6 +298,26 @@ def test_runs_missing_from_another_store(in_project, tmp_path, monkeypatch):
     assert report["mlflow"]["tracking_uri"] == other
 
 
+def test_missing_runs_are_listed_in_the_records_order_under_any_hash_seed(project, tmp_path):
+    """Their order once followed a set's (results.json's run ids), so it changed between
+    calls; a further draw's run was labelled only "seed 0"."""
+    from mlflow import MlflowClient
+
+    root, env = project
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    MlflowClient(other).search_experiments()
+    texts = {cli(root, {**env, "MLFLOW_TRACKING_URI": other, "PYTHONHASHSEED": seed}, CELL, check=False).stdout
+             for seed in ("0", "1", "2")}
+    assert len(texts) == 1
+    (text,) = texts
+    rec = record(root)
+    lines = [line for line in text.splitlines() if "[missing_run]" in line]
+    order = [rec["parent_run_id"], *(r["run_id"] for r in rec["runs"])]
+    assert [next(i for i in order if i in line) for line in lines] == order
+    further = [r for r in rec["runs"] if r["subset_seed"] != rec["data"]["config"]["subset_seed"]]
+    assert further and all(f"draw {r['subset_seed']} seed {r['seed']} run {r['run_id']}" in text for r in further)
+
+
 def test_new_commit_since_the_run(in_project):
     env = base_env()
     recorded = record(in_project)["tags"]["git_commit"]

@@ -178,7 +178,7 @@ def check_report(audit: Audit) -> dict | None:
             audit.notes.append(f"{RESULTS_FILE} has no entry for {audit.cell}")
         return None
     named = run_ids_in(entry)
-    for run_id in named:
+    for run_id in sorted(named):  # a set: sorted, or the audit's lines change order between calls
         audit.refer(run_id, str(RESULTS_FILE))
     runs = {run["run_id"]: run for run in audit.record["runs"]}
     recorded = {audit.record["parent_run_id"], *runs}
@@ -279,9 +279,15 @@ def check_runs(audit: Audit) -> None:
              "# or: export MLFLOW_TRACKING_URI=<the team's tracking server>"]))
         return
     roles = {audit.record["parent_run_id"]: "parent run"}
-    roles.update({r["run_id"]: f"seed {r['seed']} run" for r in audit.record["runs"]})
+    main = (audit.record["data"].get("config") or {}).get("subset_seed")  # the main draw
+    roles.update({r["run_id"]: (f"seed {r['seed']} run" if r.get("subset_seed") in (None, main)
+                                else f"draw {r['subset_seed']} seed {r['seed']} run") for r in audit.record["runs"]})
     expected = {r["run_id"]: r for r in audit.record["runs"]}
-    for run_id, where in audit.referenced.items():
+    # the record's order (parent, then each run as trained), then any other id the files name
+    order = [audit.record["parent_run_id"], *expected]
+    ordered = [i for i in order if i in audit.referenced] + sorted(set(audit.referenced) - set(order))
+    for run_id in ordered:
+        where = audit.referenced[run_id]
         run, state = store.run(run_id)
         audit.run_states[run_id] = (run, state)
         named = f"{roles.get(run_id, 'run')} {run_id} (named in {', '.join(sorted(where))})"

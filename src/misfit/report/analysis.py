@@ -106,6 +106,10 @@ def analyse(cells: dict[str, Cell], published: dict, params: Params, label_summa
     results["published_offsets"] = {
         source: source_offsets([j for e in results["cells"].values() for j in e["published"] if j["source"] == source])
         for source in SOURCES.values()}
+    results["findings"]["own"] += [
+        {"kind": "published offset", "source": source, "which": key, **found}
+        for source, offsets in results["published_offsets"].items() for key, found in offsets.items()
+        if found["p"] < params.report.alpha]
     return results
 
 

@@ -1,6 +1,8 @@
 """The findings section, formatted from results.json alone (no computing here)."""
 from __future__ import annotations
 
+import math
+
 from misfit.report.claims import FAILS, HOLDS
 
 MARK = {HOLDS: "✔ holds", FAILS: "✘ does not hold"}
@@ -83,6 +85,15 @@ def own_lines(own: list[dict]) -> list[str]:
         elif kind == "poorly calibrated":
             lines.append(f"- **Poorly calibrated**: `{finding['cell']}` has a median ECE of {finding['ece']:.3f}, "
                          f"against {finding['other_ece']:.3f} for `{finding['other']}`.")
+        elif kind == "published offset":
+            which, metric = finding["which"].split("/")
+            low, high = finding["ci"]
+            size = (f"{finding['mean_offset'] * 100:+.2f} points [{low * 100:+.2f}, {high * 100:+.2f}]"
+                    if metric == "accuracy" else
+                    f"×{math.exp(finding['mean_offset']):.3f} [{math.exp(low):.3f}, {math.exp(high):.3f}]")
+            lines.append(f"- **A source off as a group**: {finding['source']}'s {which} numbers sit {size} from "
+                         f"our means over {len(finding['cells'])} cells (p {finding['p']:.3f}), more than single "
+                         "runs scatter: one draw of its own for all its cells would do it.")
         elif kind == "test set too small":
             pairs = ", ".join(f"`{a}` vs `{b}`" for a, b in finding["comparisons"][:6])
             lines.append(f"- **Beyond what more runs can decide**: {len(finding['comparisons'])} comparisons "
