@@ -141,10 +141,14 @@ def _pairwise(claim: Claim, comparisons: list[dict]) -> Verdict:
         passing = all(adv.better for _, _, adv in judged)
         fail_text = "is shown equivalent or better"
     if failing:
+        first = [find_comparison(comparisons, x, y) for x, y in failing]
+        entries = first + [e for e in entries if e not in first]  # what decided it, first
         return Verdict(FAILS, "; ".join(f"{x} against {y}: {fail_text}" for x, y in failing), entries)
     if passing:
         return Verdict(HOLDS, "every comparison it needs shows it", entries)
     open_ = [(a, b, adv) for a, b, adv in judged if not _settled(claim.rule, adv)]
+    first = [find_comparison(comparisons, a, b) for a, b, _ in open_]
+    entries = first + [e for e in entries if e not in first]  # what is left to decide, first
     runs = [find_comparison(comparisons, a, b).get("runs_to_decide") for a, b, _ in open_]
     known = [r for r in runs if r is not None]
     whys = [find_comparison(comparisons, a, b).get("why_no_runs") for a, b, _ in open_]
