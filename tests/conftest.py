@@ -259,3 +259,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def report_run(seed: int, subset_seed: int, test: float | None, outcome, history: list[dict] | None = None,
+               valid: float | None = None, best_epoch: int | None = 3, status: str = "ok"):
+    """A run as the report reads it (misfit.report.cells.Run), typed as the stages write it:
+    `history` rows need only their epoch and valid metric."""
+    from misfit.core.record import EvaluatedRun, TrainedRun
+    from misfit.report.cells import Run
+
+    def epoch(row: dict) -> dict:
+        return {"valid_loss": 0.0, "valid_metric": 0.0, **row}
+
+    valid = test if valid is None else valid
+    trained = TrainedRun(seed=seed, subset_seed=subset_seed, run_id=f"r{subset_seed}-{seed}", config_digest="c" * 64,
+                         status=status, error=None if status == "ok" else "an error", best_epoch=best_epoch,
+                         valid_best=valid, epochs_run=len(history or []) or 3, checkpoint=None, checkpoint_sha256=None,
+                         initial=epoch({"epoch": 0}), history=[epoch(row) for row in history or []])
+    evaluated = None if test is None else EvaluatedRun(
+        seed=seed, subset_seed=subset_seed, run_id=trained.run_id, checkpoint="x.pt", checkpoint_sha256="0" * 64,
+        valid=valid, matches_record=True, test=test, calibration=None)
+    return Run(trained, evaluated, outcome)

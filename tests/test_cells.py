@@ -2,13 +2,15 @@
 against a draw-aware prediction interval or matched to a mode, and the ReLU lottery."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+from conftest import report_run
 
 from misfit.core.tasks import STROKES
 from misfit.report.cells import (
     Cell,
     Published,
-    Run,
     baselines,
     judge_published,
     relu_clip_bound,
@@ -32,14 +34,12 @@ LABELS = {
 def make_cell(cell_id: str, values: list[tuple[float | None, str]], draws: dict[int, list[float]] | None = None,
               metric: str = "accuracy", detail: str = "") -> Cell:
     def run(seed, subset, value, mode):
-        record = {"run_id": f"{cell_id}-{subset}-{seed}", "test": value, "valid_best": value,
-                  "best_epoch": 3, "history": [], "evaluated": {"matches_record": True}}
-        return Run(seed, subset, record, Outcome(mode, detail))
+        return report_run(seed, subset, value, Outcome(mode, detail))
 
     main = [run(seed, 0, v, m) for seed, (v, m) in enumerate(values)]
     further = [run(seed, d, v, LEARNED) for d, vs in (draws or {}).items() for seed, v in enumerate(vs)]
     task = cell_id.split("-")[0]
-    record = {"cell": {"variant": cell_id.rsplit("-", 1)[-1]}, "parent_run_id": "p", "cell_digest": "d" * 64}
+    record = SimpleNamespace(cell={"variant": cell_id.rsplit("-", 1)[-1]}, parent_run_id="p", cell_digest="d" * 64)
     return Cell(cell_id, task, metric, "none", record, main, further)
 
 
@@ -91,8 +91,6 @@ def test_a_source_offset_as_a_group_is_named():
 def test_a_published_constant_is_matched_to_another_constant_class():
     """multiclass-sigmoid-mse: our runs answer digit 1; a published 10.3% is digit 7's share."""
     cell = make_cell("multiclass-sigmoid-mse", [(0.113, CONSTANT)] * 5, detail="digit 1")
-    for run in cell.runs:
-        run.record["test"] = 0.113
     judged = judge_published(cell, Published("seed 000", 0.1097, 0.103, 2), LABELS)
     assert not judged["inside"] and judged["matches_mode"] == CONSTANT
     assert "digit 2" in judged["explanation"] or "digit 7" in judged["explanation"]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import report_run
 
 from misfit.core.config import ReportConfig
-from misfit.report.cells import Cell, Run
+from misfit.report.cells import Cell
 from misfit.report.claims import FAILS, HOLDS, UNDECIDED, Claim, decide_claim
 from misfit.report.compare import LearnedShare, advantage, compare_task, family_pairs
 from misfit.report.conclude import multilabel_softmax_ceiling
@@ -28,13 +29,13 @@ def make_cell(root, cell_id: str, accuracy: float, rng, mode: str = LEARNED, spr
         p = float(np.clip(accuracy + rng.normal(0, spread), 0, 1))
         per_image = (rng.random(IMAGES) < p).astype(float)
         rows.append(per_image)
-        record = {"test": float(per_image.mean()), "evaluated": {}}
-        runs.append(Run(seed, draw, record, Outcome(run_mode, "digit 1" if run_mode == CONSTANT else "")))
+        runs.append(report_run(seed, draw, float(per_image.mean()),
+                               Outcome(run_mode, "digit 1" if run_mode == CONSTANT else "")))
     (root / "predictions").mkdir(exist_ok=True)
     np.savez(root / "predictions" / f"{cell_id}.npz", subset_seeds=np.array([d for d, _ in DESIGN]),
              seeds=np.array([s for _, s in DESIGN]), per_image=np.array(rows))
     task = cell_id.split("-")[0]
-    return Cell(cell_id, task, "accuracy", cell_id.split("-")[1], {},
+    return Cell(cell_id, task, "accuracy", cell_id.split("-")[1], None,
                 [r for r in runs if r.subset_seed == 0], [r for r in runs if r.subset_seed != 0])
 
 

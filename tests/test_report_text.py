@@ -19,18 +19,20 @@ def test_whole_numbers_are_categories_and_groups_count_their_runs():
 
 
 def test_a_collapse_to_the_minority_answer_is_named_as_such():
-    from misfit.report.cells import Baseline, Cell, Run
+    from conftest import report_run
+
+    from misfit.report.cells import Baseline, Cell
     from misfit.report.modes import CONSTANT, LEARNED, Outcome
     from misfit.report.tables import constant_answer_lines
 
-    runs = [Run(seed, 0, {"test": 0.4931}, Outcome(CONSTANT, "always 1 = curved")) for seed in range(4)]
-    runs.append(Run(4, 0, {"test": 0.97}, Outcome(LEARNED, "")))
+    runs = [report_run(seed, 0, 0.4931, Outcome(CONSTANT, "always 1 = curved")) for seed in range(4)]
+    runs.append(report_run(4, 0, 0.97, Outcome(LEARNED, "")))
     cell = Cell("probability-softmax-ce", "probability", "accuracy", "softmax", {}, runs, [])
     (line,) = constant_answer_lines(cell, Baseline(0.5069, "always answering the majority answer"))
     assert "4/5 runs answer always 1 = curved" in line and "49.31% on test" in line
     assert "1.38 points less than the best constant answer: not the majority answer" in line
     majority = Cell("binary-softmax-ce", "binary", "accuracy", "softmax", {},
-                    [Run(0, 0, {"test": 0.5069}, Outcome(CONSTANT, "class 0 (not curved)"))], [])
+                    [report_run(0, 0, 0.5069, Outcome(CONSTANT, "class 0 (not curved)"))], [])
     (line,) = constant_answer_lines(majority, Baseline(0.5069, "always answering the majority class"))
     assert "as much as the best constant answer" in line
 

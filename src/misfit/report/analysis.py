@@ -28,6 +28,7 @@ from misfit.core.study import (
 from misfit.report.cells import (
     Cell,
     Published,
+    Run,
     cell_summary,
     judge_published,
     relu_lottery,
@@ -116,18 +117,21 @@ def analyse(cells: dict[str, Cell], published: dict, params: Params, label_summa
 def cell_entry(cell: Cell) -> dict:
     return {
         "task": cell.task, "metric": cell.metric, "seeds": [r.seed for r in cell.runs],
-        "parent_run": cell.record["parent_run_id"], "cell_digest": cell.record["cell_digest"],
+        "parent_run": cell.record.parent_run_id, "cell_digest": cell.record.cell_digest,
         **cell_summary(cell),
-        "all_match_record": all(r.record["evaluated"]["matches_record"] is not False
+        "all_match_record": all(r.evaluated is None or r.evaluated.matches_record
                                 for r in cell.runs + cell.draw_runs),
         "runs": [run_entry(r) for r in cell.runs + cell.draw_runs],
     }
 
 
-def run_entry(run) -> dict:
-    keys = ("run_id", "config_digest", "status", "error", "valid_best", "test", "best_epoch", "epochs_run")
+def run_entry(run: Run) -> dict:
+    trained = run.trained
+    test = run.evaluated.test if run.evaluated is not None and trained.status == "ok" else None
     return {"seed": run.seed, "subset_seed": run.subset_seed, "mode": run.outcome.mode,
-            "detail": run.outcome.detail, **{k: run.record[k] for k in keys}}
+            "detail": run.outcome.detail, "run_id": trained.run_id, "config_digest": trained.config_digest,
+            "status": trained.status, "error": trained.error, "valid_best": trained.valid_best, "test": test,
+            "best_epoch": trained.best_epoch, "epochs_run": trained.epochs_run}
 
 
 def double_softmax(cells: dict[str, Cell], comparisons: list[dict]) -> list[dict]:
@@ -142,7 +146,7 @@ def double_softmax(cells: dict[str, Cell], comparisons: list[dict]) -> list[dict
         a, b = cells[source], cells[correct]
         rows.append({"source": source, "correct": correct,
                      "epoch1_valid": [_median_at_epoch(c, 1) for c in (a, b)],
-                     "best_epoch": [_median([r.record["best_epoch"] for r in c.runs]) for c in (a, b)],
+                     "best_epoch": [_median([r.trained.best_epoch for r in c.runs]) for c in (a, b)],
                      "comparison": find_comparison(comparisons, correct, source)})
     return rows
 
@@ -152,8 +156,7 @@ def _median(values: list) -> float | None:
 
 
 def _median_at_epoch(cell: Cell, epoch: int) -> float | None:
-    values = [json_float(row["valid_metric"]) for r in cell.runs for row in r.record["history"]
-              if row["epoch"] == epoch]
+    values = [json_float(row.valid_metric) for r in cell.runs for row in r.trained.history if row.epoch == epoch]
     return _median(values)
 
 

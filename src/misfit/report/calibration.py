@@ -14,9 +14,8 @@ FIGURES = ("ece", "brier", "log_loss", "outside_unit_share")
 def _calibrations(cell: Cell) -> list[dict]:
     found = []
     for run in cell.runs + cell.draw_runs:
-        evaluated = run.record.get("evaluated") or {}
-        if run.outcome.mode == LEARNED and evaluated.get("calibration"):
-            found.append(evaluated["calibration"])
+        if run.outcome.mode == LEARNED and run.evaluated is not None and run.evaluated.calibration is not None:
+            found.append(run.evaluated.calibration.model_dump())
     return found
 
 

@@ -10,10 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from misfit.core.config import Params
-from misfit.core.files import json_float
+from misfit.core.errors import DataError
 from misfit.core.layout import EVALUATIONS_DIR, RECORDS_DIR
+from misfit.core.record import (
+    EvaluatedRun,
+    EvaluationRecord,
+    TrainedRun,
+    TrainRecord,
+    load_evaluation,
+    load_train_record,
+)
 from misfit.core.tasks import STROKES
-from misfit.joined import load_joined
 from misfit.report.intervals import (
     wilson,
 )
@@ -91,15 +98,41 @@ def constant_answers(label_summary: dict, task: str) -> dict[str, float]:
 
 @dataclass
 class Run:
-    seed: int
-    subset_seed: int
-    record: dict  # the entry of records/<cell>.json
+    """One (draw, seed) run: as trained (records/<cell>.json), as re-scored (evaluations/<cell>.json;
+    None for a run that kept no checkpoint), and its outcome mode."""
+    trained: TrainedRun
+    evaluated: EvaluatedRun | None
     outcome: Outcome
 
     @property
+    def seed(self) -> int:
+        return self.trained.seed
+
+    @property
+    def subset_seed(self) -> int:
+        return self.trained.subset_seed
+
+    @property
+    def run_id(self) -> str:
+        return self.trained.run_id
+
+    @property
     def test(self) -> float | None:
-        value = json_float(self.record["test"])
+        """The re-scored test value; None for a failed run or a non-finite score."""
+        if self.evaluated is None or self.trained.status != "ok":
+            return None
+        return self.evaluated.test if math.isfinite(self.evaluated.test) else None
+
+    @property
+    def valid(self) -> float | None:
+        """The valid best, re-scored where the checkpoint was (training's own otherwise)."""
+        value = self.evaluated.valid if self.evaluated is not None else self.trained.valid_best
         return value if value is not None and math.isfinite(value) else None
+
+    @property
+    def history(self) -> list[dict]:
+        """Each epoch as a row (the figures and diagnostics read rows by key)."""
+        return [epoch.model_dump() for epoch in self.trained.history]
 
 
 @dataclass
@@ -108,7 +141,7 @@ class Cell:
     task: str
     metric: str
     activation: str
-    record: dict
+    record: TrainRecord
     runs: list[Run]  # the main draw's
     draw_runs: list[Run]  # every run on a further draw
     comparisons: dict = field(default_factory=dict)  # study -> comparison dict
@@ -146,23 +179,33 @@ def task_context(task: str, activation: str, label_summary: dict) -> TaskContext
                        baselines(label_summary)[task].value)
 
 
-def load_cell(cell_id: str, record: dict, main_subset_seed: int, label_summary: dict) -> Cell:
-    context = task_context(record["task"], record["cell"]["activation"], label_summary)
-    runs = [Run(r["seed"], r["subset_seed"], r, classify(r, context)) for r in record["runs"]]
-    return Cell(cell_id, record["task"], record["metric"], record["cell"]["activation"], record,
+def load_cell(cell_id: str, record: TrainRecord, evaluation: EvaluationRecord | None, main_subset_seed: int,
+              label_summary: dict) -> Cell:
+    context = task_context(record.task, record.cell["activation"], label_summary)
+    runs = []
+    for trained in record.runs:
+        evaluated = evaluation.run(trained.subset_seed, trained.seed) if evaluation else None
+        test = evaluated.test if evaluated is not None and trained.status == "ok" else None
+        runs.append(Run(trained, evaluated, classify(trained, test, context)))
+    return Cell(cell_id, record.task, record.metric, record.cell["activation"], record,
                 [r for r in runs if r.subset_seed == main_subset_seed],
                 [r for r in runs if r.subset_seed != main_subset_seed])
 
 
 def load_cells(root: Path, params: Params, label_summary: dict) -> dict[str, Cell]:
-    """Every cell of params.yaml from records/<cell>.json, its runs sorted into modes."""
+    """Every cell of params.yaml from records/<cell>.json and evaluations/<cell>.json, each
+    validated against its model (misfit.core.record), its runs sorted into modes."""
     cells = {}
     for cell_id in params.cells:
         path = root / RECORDS_DIR / f"{cell_id}.json"
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing; run train@{cell_id} first (dvc repro)")
-        record = load_joined(root / RECORDS_DIR, root / EVALUATIONS_DIR, cell_id)
-        cells[cell_id] = load_cell(cell_id, record, params.data.subset_seed, label_summary)
+        record = load_train_record(path)
+        evaluation_path = root / EVALUATIONS_DIR / f"{cell_id}.json"
+        evaluation = load_evaluation(evaluation_path) if evaluation_path.exists() else None
+        if evaluation is not None and evaluation.cell_id != record.cell_id:
+            raise DataError(f"{evaluation_path}: field cell_id: {evaluation.cell_id!r}, expected {record.cell_id!r}")
+        cells[cell_id] = load_cell(cell_id, record, evaluation, params.data.subset_seed, label_summary)
     return cells
 
 
@@ -208,13 +251,8 @@ class Published:
 
 
 def run_value(run: Run, which: str) -> float | None:
-    """A run's test score, or its valid best (the evaluate stage's re-score, else training's)."""
-    if which == "test":
-        return run.test
-    evaluated = run.record.get("evaluated") or {}
-    value = json_float(evaluated.get("valid_best") if evaluated.get("valid_best") is not None
-                       else run.record.get("valid_best"))
-    return value if value is not None and math.isfinite(value) else None
+    """A run's test score, or its valid best."""
+    return run.test if which == "test" else run.valid
 
 
 def _on_scale(value: float, metric: str) -> float:
@@ -323,7 +361,7 @@ def _outside_learned(cell: Cell, pool: list[Run], published: Published, interval
     beyond = sum(v >= published.test for v in values) if published.test > interval["high"] else sum(
         v <= published.test for v in values)
     side = "above" if published.test > interval["high"] else "below"
-    gaps = [json_float(r.record["test"]) - json_float(r.record["valid_best"]) for r in pool]
+    gaps = [r.test - r.valid for r in pool if r.test is not None and r.valid is not None]
     ours_gap = statistics.median(gaps)
     return (f"{side} the interval; {beyond} of our {len(values)} runs reach it. The source's test − valid "
             f"gap is {_signed(published.test - published.valid, cell.metric)} against our median "
@@ -377,7 +415,7 @@ def relu_lottery(cell: Cell, label_summary: dict) -> dict:
         "dead_test": mode_summary([r.test for r in dead if r.test is not None]),
         "survivors": [r.seed for r in alive],
     }
-    if cell.record["cell"]["variant"] == "zscore":
+    if cell.record.cell["variant"] == "zscore":
         found["clip_bound"] = relu_clip_bound(label_summary)
     else:
         found["zero_mse"] = zero_mse(label_summary)

@@ -144,7 +144,7 @@ def learning_curve_section(cells: dict[str, Cell], figure_dir: Path) -> list[str
         for cell in members:
             if cell.modes:
                 common = max(cell.modes, key=cell.modes.get)
-                curves[f"{cell.cell_id} ({common})"] = [r.record["history"] for r in cell.runs
+                curves[f"{cell.cell_id} ({common})"] = [r.history for r in cell.runs
                                                         if r.outcome.mode == common]
         path = figure_dir / f"curves-{task}.png"
         figures.learning_curves(task, members[0].metric, curves, path)

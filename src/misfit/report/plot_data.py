@@ -55,7 +55,7 @@ def curve_rows(cell: Cell) -> list[dict]:
     for mode, runs in cell.by_mode.items():
         by_epoch: dict[int, list[float]] = {}
         for run in runs:
-            for entry in run.record.get("history") or []:
+            for entry in run.history:
                 value = _finite(entry.get("valid_metric"))
                 if value is not None:
                     by_epoch.setdefault(int(entry["epoch"]), []).append(value)

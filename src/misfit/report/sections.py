@@ -210,14 +210,14 @@ def diagnostics_sections(cells: dict[str, Cell], results: dict, label_summary: d
             references = _references(affected, cells)
             for ref in references.values():
                 if ref is not None:
-                    groups[f"`{ref.cell_id}` (recommended, learned)"] = [r.record["history"] for r in ref.runs]
+                    groups[f"`{ref.cell_id}` (recommended, learned)"] = [r.history for r in ref.runs]
             for cell in affected:
                 runs = cell.by_mode[mode]
                 label = f"`{cell.cell_id}` ({len(runs)}/{len(cell.runs)} {mode})"
-                groups[label] = [r.record["history"] for r in runs]
+                groups[label] = [r.history for r in runs]
                 snap = diagnostics.snapshot(groups[label], section.keys)
                 ref = references[cell.task]
-                ref_snap = diagnostics.snapshot([r.record["history"] for r in ref.runs], section.keys) if ref else None
+                ref_snap = diagnostics.snapshot([r.history for r in ref.runs], section.keys) if ref else None
                 statements += diagnostics.statements(cell.cell_id, snap, ref_snap, targets_per_image.get(cell.task))
             snaps = {label: diagnostics.snapshot(h, section.keys) for label, h in groups.items()}
             lines += ["", f"### {section.title}", "", *diagnostics.table(section, snaps), ""]

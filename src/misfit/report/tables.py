@@ -7,9 +7,6 @@ import statistics
 from pathlib import Path
 
 from misfit.core.config import Params
-from misfit.core.files import (
-    json_float,
-)
 from misfit.core.study import (
     STUDIES,
     recommended_in,
@@ -88,10 +85,10 @@ def value_text(cell: Cell, summary: dict) -> str:
 def epochs_text(cell: Cell) -> str:
     """Median best epoch, per mode where the runs split; "never improved" for constant or
     dead runs kept at epoch 1 (a best epoch of 1 would read like fast convergence)."""
-    stuck = [r for r in cell.runs if r.outcome.mode in (CONSTANT, DEAD_RELU) and r.record["best_epoch"] == 1]
+    stuck = [r for r in cell.runs if r.outcome.mode in (CONSTANT, DEAD_RELU) and r.trained.best_epoch == 1]
     parts = []
     for mode, runs in cell.by_mode.items():
-        epochs = [r.record["best_epoch"] for r in runs if r not in stuck and r.record["best_epoch"]]
+        epochs = [r.trained.best_epoch for r in runs if r not in stuck and r.trained.best_epoch]
         if epochs:
             prefix = f"{mode}: " if len(cell.modes) > 1 else ""
             parts.append(f"{prefix}{statistics.median(epochs):g} ({min(epochs)}–{max(epochs)})")
@@ -111,7 +108,7 @@ def published_text(cell_id: str, study: str, published: dict) -> str:
 def run_ids(cell: Cell, links: tuple[str | None, str | None]) -> str:
     """The main draw's run ids; links into the MLflow UI when tracking.ui_base_url is set."""
     base, experiment_id = links
-    ids = [r.record["run_id"] for r in cell.runs]
+    ids = [r.run_id for r in cell.runs]
     if base and experiment_id:
         return " ".join(f"[{i[:8]}]({base.rstrip('/')}/#/experiments/{experiment_id}/runs/{i})" for i in ids)
     return " ".join(f"`{i[:8]}`" for i in ids)
@@ -149,7 +146,7 @@ def cell_summary_valid(cell: Cell) -> str:
     can fall between them, on no run's value)."""
     parts = []
     for mode, runs in cell.by_mode.items():
-        values = [json_float(r.record["valid_best"]) for r in runs if r.test is not None]
+        values = [r.valid for r in runs if r.test is not None]
         if values:
             median = fmt(statistics.median(values), cell.metric)
             parts.append(f"{median} (median)" if len(cell.modes) == 1 else f"{mode}: {median}")
