@@ -168,7 +168,7 @@ def test_report_link_opens_the_run(server, project, chromium, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     text = visible_text(done.stdout)
     run_id = links[0].rsplit("/", 1)[1]
-    (seed,) = [r.seed for r in cell.runs if r.record["run_id"] == run_id]
+    (seed,) = [r.seed for r in cell.runs if r.run_id == run_id]
     assert f"Run {run_id}" in text  # the page title
     assert f"binary-logits-ce seed={seed}" in text  # the run's name
 
