@@ -105,3 +105,15 @@ def test_the_multilabel_softmax_ceiling_by_hand():
     # one label: reachable; two labels: one wrong of 4; none: all right; three: two wrong
     targets = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0]], float)
     assert multilabel_softmax_ceiling(targets) == pytest.approx(1 - 3 / 16)
+
+
+def test_a_cell_whose_every_run_ends_the_same_way_counts_each_run(tmp_path):
+    """No seed or draw effect to cluster by: 13 runs, 13 trials. Against a cell that always
+    learns, one that never does is shown different (p of 13/13 against 0/13, not of 5/5 against 0/5)."""
+    rng = np.random.default_rng(2)
+    never = make_cell(tmp_path, "binary-sigmoid-mse", 0.5, rng, mode=CONSTANT)
+    always = make_cell(tmp_path, "binary-softmax-ce", 0.97, rng)
+    assert (LearnedShare.of(never).trials, LearnedShare.of(never).unit) == (13, "run")
+    comparisons = compare_task(tmp_path, "binary", {c.cell_id: c for c in (never, always)}, [], CONFIG)
+    (entry,) = comparisons
+    assert entry["kind"] == "modes" and entry["p_adjusted"] < 1e-6 and entry["verdict"] == "differs"

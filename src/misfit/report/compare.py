@@ -85,8 +85,12 @@ def run_scores(root: Path, cell: Cell) -> dict[tuple[int, int], Scores]:
 
 @dataclass(frozen=True)
 class LearnedShare:
-    """The share of a cell's runs that learned, counted as independent trials: per seed when
-    every seed's runs end the same way on every draw (the seed decides), else per run."""
+    """The share of a cell's runs that learned, counted as independent trials.
+
+    Seed s starts from the same weights on every draw, so where the seeds' outcomes differ
+    and each seed ends the same way on every draw, the seed decides: one trial per seed (the
+    ReLU cells, dead or alive at initialisation). Otherwise one trial per run: where every run
+    ends the same way, neither seed nor draw shows an effect to cluster by."""
     learned: int
     trials: int
     unit: str  # "seed" or "run"
@@ -97,8 +101,10 @@ class LearnedShare:
         by_seed: dict[int, set[bool]] = {}
         for run in runs:
             by_seed.setdefault(run.seed, set()).add(run.outcome.mode == LEARNED)
-        if all(len(v) == 1 for v in by_seed.values()) and any(len([r for r in runs if r.seed == s]) > 1
-                                                            for s in by_seed):
+        outcomes = set().union(*by_seed.values()) if by_seed else set()
+        seed_decides = (len(outcomes) > 1 and all(len(v) == 1 for v in by_seed.values())
+                        and any(len([r for r in runs if r.seed == s]) > 1 for s in by_seed))
+        if seed_decides:
             return cls(sum(v == {True} for v in by_seed.values()), len(by_seed), "seed")
         return cls(sum(r.outcome.mode == LEARNED for r in runs), len(runs), "run")
 
