@@ -1,5 +1,5 @@
-"""The records as the report and the audit still read them: the train record as a dict whose
-runs each carry their evaluation.
+"""Reading a cell's two records together (load_cell_records: the report, restore-runs), and
+the view the audit still reads: the train record as a dict whose runs each carry their evaluation.
 
 Kept apart from the models (misfit.core.record) so that the stages' code does not hold it:
 the readers index this view by key until they read the models themselves (issue 23).
@@ -30,11 +30,17 @@ def joined_view(record: TrainRecord, evaluation: EvaluationRecord | None) -> dic
     return view
 
 
-def load_joined(records_dir: Path, evaluations_dir: Path, cell_id: str) -> dict:
-    """records/<cell>.json joined with evaluations/<cell>.json (absent: no run evaluated yet)."""
+def load_cell_records(records_dir: Path, evaluations_dir: Path, cell_id: str) -> tuple[TrainRecord, EvaluationRecord | None]:
+    """records/<cell>.json and evaluations/<cell>.json (None: no run evaluated yet), each
+    validated against its model, and checked to be of the same cell."""
     record = load_train_record(records_dir / f"{cell_id}.json")
     evaluation_path = evaluations_dir / f"{cell_id}.json"
     evaluation = load_evaluation(evaluation_path) if evaluation_path.exists() else None
     if evaluation is not None and evaluation.cell_id != record.cell_id:
         raise DataError(f"{evaluation_path}: field cell_id: {evaluation.cell_id!r}, expected {record.cell_id!r}")
-    return joined_view(record, evaluation)
+    return record, evaluation
+
+
+def load_joined(records_dir: Path, evaluations_dir: Path, cell_id: str) -> dict:
+    """records/<cell>.json joined with evaluations/<cell>.json (absent: no run evaluated yet)."""
+    return joined_view(*load_cell_records(records_dir, evaluations_dir, cell_id))

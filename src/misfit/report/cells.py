@@ -10,17 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from misfit.core.config import Params
-from misfit.core.errors import DataError
 from misfit.core.layout import EVALUATIONS_DIR, RECORDS_DIR
 from misfit.core.record import (
     EvaluatedRun,
     EvaluationRecord,
     TrainedRun,
     TrainRecord,
-    load_evaluation,
-    load_train_record,
 )
 from misfit.core.tasks import STROKES
+from misfit.joined import load_cell_records
 from misfit.report.intervals import (
     wilson,
 )
@@ -200,11 +198,7 @@ def load_cells(root: Path, params: Params, label_summary: dict) -> dict[str, Cel
         path = root / RECORDS_DIR / f"{cell_id}.json"
         if not path.exists():
             raise FileNotFoundError(f"{path}: missing; run train@{cell_id} first (dvc repro)")
-        record = load_train_record(path)
-        evaluation_path = root / EVALUATIONS_DIR / f"{cell_id}.json"
-        evaluation = load_evaluation(evaluation_path) if evaluation_path.exists() else None
-        if evaluation is not None and evaluation.cell_id != record.cell_id:
-            raise DataError(f"{evaluation_path}: field cell_id: {evaluation.cell_id!r}, expected {record.cell_id!r}")
+        record, evaluation = load_cell_records(root / RECORDS_DIR, root / EVALUATIONS_DIR, cell_id)
         cells[cell_id] = load_cell(cell_id, record, evaluation, params.data.subset_seed, label_summary)
     return cells
 
