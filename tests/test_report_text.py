@@ -18,6 +18,13 @@ def test_whole_numbers_are_categories_and_groups_count_their_runs():
         "2× dead at initialisation", "1× died in epoch 2"]
 
 
+def test_a_detail_with_braces_is_text_not_a_format_string():
+    # a multilabel constant answer (misfit.report.modes.describe_answer); it stopped the report
+    assert _detail_groups(["labels {curved}", "labels {curved}", "labels {even, prime}"]) == [
+        "2× labels {curved}", "1× labels {even, prime}"]
+    assert _detail_groups(["labels {curved} at 0.25", "labels {curved} at 0.75"]) == ["labels {curved} at 0.25 to 0.75"]
+
+
 def test_a_collapse_to_the_minority_answer_is_named_as_such():
     from conftest import report_run
 

@@ -47,15 +47,18 @@ def modes_text(cell: Cell) -> str:
 
 def _detail_groups(details: list[str]) -> list[str]:
     """Details that differ only in a measured number (a constant of -1.35 or -0.99 strokes)
-    as one group with the numbers' range; whole numbers (a digit, an epoch) stay apart."""
-    groups: dict[str, list[list[str]]] = {}
+    as one group with the numbers' range; whole numbers (a digit, an epoch) stay apart.
+    A detail is split around its decimals, not used as a format string: it may hold braces
+    (a multilabel answer, "labels {curved}")."""
+    groups: dict[tuple[str, ...], list[list[str]]] = {}
     for detail in details:
         if detail:
-            groups.setdefault(DECIMAL.sub("{}", detail), []).append(DECIMAL.findall(detail))
+            groups.setdefault(tuple(DECIMAL.split(detail)), []).append(DECIMAL.findall(detail))
     texts = []
-    for template, numbers in sorted(groups.items(), key=lambda item: -len(item[1])):
+    for words, numbers in sorted(groups.items(), key=lambda item: -len(item[1])):
         slots = [sorted(set(column), key=float) for column in zip(*numbers)]
-        text = template.format(*(s[0] if len(s) == 1 else f"{s[0]} to {s[-1]}" for s in slots))
+        ranges = [s[0] if len(s) == 1 else f"{s[0]} to {s[-1]}" for s in slots]
+        text = "".join(word + number for word, number in zip(words, [*ranges, ""]))
         texts.append(text if len(numbers) == len(details) else f"{len(numbers)}× {text}")
     return texts
 
