@@ -15,11 +15,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import free_port, synthetic_project, wait_for_health
+from conftest import PUBLISHED_CELLS, copy_of, free_port, wait_for_health
 
 pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
 
-CELLS = ["regression-none-mse-zscore", "binary-logits-ce"]  # one cell in each study
+CELLS = PUBLISHED_CELLS
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
@@ -45,9 +45,8 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root, env, _ = synthetic_project(tmp_path_factory.mktemp("browser"), CELLS)
-    return root, env
+def project(published, tmp_path_factory):
+    return copy_of(published, tmp_path_factory.mktemp("browser") / "project")
 
 
 def children(pid: int) -> list[int]:
@@ -211,8 +210,9 @@ def test_restored_store_shows_a_report_run_id(restored_server, chromium, tmp_pat
     from misfit.track.ui import runs_url
 
     clone = restored_server.clone
-    n_runs = sum(1 + len(json.loads(path.read_text())["runs"]) for path in clone.glob("records/*.json"))
-    assert f"restored {n_runs} runs of 2 cells" in restored_server.log.read_text()
+    records = list(clone.glob("records/*.json"))
+    n_runs = sum(1 + len(json.loads(path.read_text())["runs"]) for path in records)
+    assert f"restored {n_runs} runs of {len(records)} cells" in restored_server.log.read_text()
     entry = json.loads((clone / "reports" / "results.json").read_text())["cells"]["binary-logits-ce"]
     record = json.loads((clone / "records" / "binary-logits-ce.json").read_text())
     seed_run = record["runs"][0]

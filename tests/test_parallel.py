@@ -194,13 +194,12 @@ def cluster_run(tmp_path_factory, tracking_server):
                 uri=tracking_server, cluster=cluster)
 
 
-def test_report_wall_times(cluster_run, capsys):
+def test_report_wall_times(cluster_run, figure):
     summary = [line for line in cluster_run["output"].stdout.splitlines()
                if line.startswith("misfit run: ") and " with the report" in line]
-    with capsys.disabled():
-        print(f"\n[{len(CELLS)} cells x {len(SEEDS)} seeds, 2 cores shared] misfit run on a loopback "
-              f"scheduler + 2 workers, one SIGKILLed mid-cell: {cluster_run['cluster_seconds']:.1f} s "
-              f"({'; '.join(summary)}); sequential dvc repro: {cluster_run['sequential_seconds']:.1f} s")
+    figure(f"[{len(CELLS)} cells x {len(SEEDS)} seeds, 2 cores shared with the suite] misfit run on a loopback "
+           f"scheduler + 2 workers, one SIGKILLed mid-cell: {cluster_run['cluster_seconds']:.1f} s "
+           f"({'; '.join(summary)}); sequential dvc repro: {cluster_run['sequential_seconds']:.1f} s")
 
 
 def test_the_killed_workers_cell_ran_again_on_the_other_worker(cluster_run):
