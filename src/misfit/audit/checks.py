@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from misfit.audit.cell import AuditedCell, AuditedRun
 from misfit.audit.facts import ABSENT, CHECKPOINT_KIND, Disagreement, Missing
 from misfit.audit.sources import (
     LOCK_FILE,
@@ -35,7 +36,7 @@ class Audit:
     store: Store
     cell: str
     seed: int | None
-    record: dict
+    record: AuditedCell
     from_store: bool
     disagreements: list[Disagreement] = field(default_factory=list)
     missing: list[Missing] = field(default_factory=list)
@@ -49,7 +50,7 @@ class Audit:
 
     @property
     def tags(self) -> dict:
-        return self.record.get("tags") or {}
+        return self.record.tags
 
     @property
     def record_name(self) -> str:
@@ -68,7 +69,7 @@ class Audit:
 def check_data(audit: Audit) -> str | None:
     """data/split against the record's data identity; returns the dataset source it names."""
     current = audit.project.split_manifest
-    recorded = audit.record["data"]
+    recorded = audit.record.data
     if current is None:
         audit.missing.append(Missing(
             f"{SPLIT_DIR}/ (the images the runs trained on)",
@@ -93,13 +94,13 @@ def check_data(audit: Audit) -> str | None:
 VERIFIED, DIFFERS, ABSENT_FILE, UNHASHED = "verified", "differs", "absent", "no hash recorded"
 
 
-def check_checkpoints(audit: Audit, runs: list[dict]) -> dict[str, str]:
+def check_checkpoints(audit: Audit, runs: list[AuditedRun]) -> dict[str, str]:
     """Each checkpoint the runs name: one present is hashed and compared with the SHA-256 the
     record holds (a file that differs is a disagreement: the audit must not vouch for a file it
     never read); one absent is listed as missing, with how to get it.
 
     Returns {checkpoint file name: VERIFIED | DIFFERS | ABSENT_FILE | UNHASHED}."""
-    states = {run["checkpoint"]: _checkpoint_state(audit, run) for run in runs if run.get("checkpoint")}
+    states = {run.checkpoint: _checkpoint_state(audit, run) for run in runs if run.checkpoint}
     unhashed = [name for name, state in states.items() if state == UNHASHED]
     if unhashed:
         # records older than checkpoint hashes: nothing to compare with, which is not a contradiction
@@ -111,11 +112,11 @@ def check_checkpoints(audit: Audit, runs: list[dict]) -> dict[str, str]:
     return states
 
 
-def _checkpoint_state(audit: Audit, run: dict) -> str:
-    path = audit.project.checkpoint(audit.cell, run["checkpoint"])
+def _checkpoint_state(audit: Audit, run: AuditedRun) -> str:
+    path = audit.project.checkpoint(audit.cell, run.checkpoint)
     if not path.is_file():
         return ABSENT_FILE
-    expected = run.get("checkpoint_sha256")
+    expected = run.checkpoint_sha256
     if not expected:
         return UNHASHED
     actual = sha256_file(path)
@@ -123,9 +124,9 @@ def _checkpoint_state(audit: Audit, run: dict) -> str:
         return VERIFIED
     shown = path.relative_to(audit.root)
     audit.disagree(CHECKPOINT_KIND, f"{shown}: SHA-256 {actual}, but {audit.record_name} says {expected} "
-                   f"(draw {run.get('subset_seed')} seed {run['seed']}): the file is not the checkpoint training "
+                   f"(draw {run.subset_seed} seed {run.seed}): the file is not the checkpoint training "
                    f"saved (dvc checkout {shown.parent} restores it from the DVC cache, dvc pull from the remote)",
-                   file=str(shown), expected=expected, actual=actual, run_id=run["run_id"])
+                   file=str(shown), expected=expected, actual=actual, run_id=run.run_id)
     return DIFFERS
 
 
@@ -180,15 +181,15 @@ def check_report(audit: Audit) -> dict | None:
     named = run_ids_in(entry)
     for run_id in sorted(named):  # a set: sorted, or the audit's lines change order between calls
         audit.refer(run_id, str(RESULTS_FILE))
-    runs = {run["run_id"]: run for run in audit.record["runs"]}
-    recorded = {audit.record["parent_run_id"], *runs}
+    runs = {run.run_id: run for run in audit.record.runs}
+    recorded = {audit.record.parent_run_id, *runs}
     if named and not named <= recorded:
         others = sorted(named - recorded)
         audit.disagree("report", f"{RESULTS_FILE} names runs for {audit.cell} that {audit.record_name} does not "
                        f"({', '.join(others)}): the report is stale (dvc repro report)", run_ids=others)
     # each run the report lists must carry the record's test value
     differing = [row["run_id"] for row in entry.get("runs") or [] if isinstance(row, dict)
-                 and row.get("run_id") in runs and not _close(row.get("test"), runs[row["run_id"]].get("test"))]
+                 and row.get("run_id") in runs and not _close(row.get("test"), runs[row["run_id"]].test)]
     if differing:
         audit.disagree("report", f"{RESULTS_FILE} shows other test values than {audit.record_name} for runs "
                        f"{', '.join(differing)}: the report is stale (dvc repro report)", run_ids=differing)
@@ -266,9 +267,10 @@ def prefixed(tags: dict, prefix: str) -> dict:
 def check_runs(audit: Audit) -> None:
     """Every run id the record and the published files name, looked up in the store."""
     store = audit.store
-    audit.refer(audit.record["parent_run_id"], audit.record_name)
-    for run in audit.record["runs"]:
-        audit.refer(run["run_id"], audit.record_name)
+    record = audit.record
+    audit.refer(record.parent_run_id, audit.record_name)
+    for run in record.runs:
+        audit.refer(run.run_id, audit.record_name)
     if not store.available:
         audit.missing.append(Missing(
             f"the MLflow runs ({len(audit.referenced)} run ids above)",
@@ -278,13 +280,12 @@ def check_runs(audit: Audit) -> None:
              "with its original one), then: misfit ui",
              "# or: export MLFLOW_TRACKING_URI=<the team's tracking server>"]))
         return
-    roles = {audit.record["parent_run_id"]: "parent run"}
-    main = (audit.record["data"].get("config") or {}).get("subset_seed")  # the main draw
-    roles.update({r["run_id"]: (f"seed {r['seed']} run" if r.get("subset_seed") in (None, main)
-                                else f"draw {r['subset_seed']} seed {r['seed']} run") for r in audit.record["runs"]})
-    expected = {r["run_id"]: r for r in audit.record["runs"]}
+    roles = {record.parent_run_id: "parent run"}
+    roles.update({r.run_id: (f"seed {r.seed} run" if r.subset_seed in (None, record.main_draw)
+                             else f"draw {r.subset_seed} seed {r.seed} run") for r in record.runs})
+    expected = {r.run_id: r for r in record.runs}
     # the record's order (parent, then each run as trained), then any other id the files name
-    order = [audit.record["parent_run_id"], *expected]
+    order = [record.parent_run_id, *expected]
     ordered = [i for i in order if i in audit.referenced] + sorted(set(audit.referenced) - set(order))
     for run_id in ordered:
         where = audit.referenced[run_id]
@@ -302,16 +303,17 @@ def check_runs(audit: Audit) -> None:
             _compare_run(audit, run, expected[run_id])
 
 
-def _compare_run(audit: Audit, run, recorded: dict) -> None:
-    tags, metric = run.data.tags, audit.record["metric"]
+def _compare_run(audit: Audit, run, recorded: AuditedRun) -> None:
+    """An MLflow run (`run`) against the record's run it stands for."""
+    tags, metric = run.data.tags, audit.record.metric
     differing = []
     if tags.get("cell") != audit.cell:
         differing.append(f"cell tag {tags.get('cell')!r}")
-    if recorded.get("config_digest") and tags.get("config_digest") != recorded["config_digest"]:
+    if recorded.config_digest and tags.get("config_digest") != recorded.config_digest:
         differing.append(f"config digest {tags.get('config_digest')}")
     stored = run.data.metrics.get(f"test_{metric}")
-    if isinstance(recorded.get("test"), float) and stored is not None and stored != recorded["test"]:
-        differing.append(f"test_{metric} {stored!r} (record {recorded['test']!r})")
+    if isinstance(recorded.test, float) and stored is not None and stored != recorded.test:
+        differing.append(f"test_{metric} {stored!r} (record {recorded.test!r})")
     if differing:
-        audit.disagree("run_mismatch", f"MLflow run {run.info.run_id} (seed {recorded['seed']}) has "
+        audit.disagree("run_mismatch", f"MLflow run {run.info.run_id} (seed {recorded.seed}) has "
                        + ", ".join(differing) + f" unlike {audit.record_name}", run_id=run.info.run_id)

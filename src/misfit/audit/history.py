@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from misfit.audit.cell import AuditedCell
 from misfit.audit.checks import Audit
 from misfit.audit.facts import ABSENT
 from misfit.audit.sources import (
@@ -13,6 +14,7 @@ from misfit.audit.sources import (
     record_path,
 )
 from misfit.core.layout import PARAMS_FILE
+from misfit.core.record import TrainRecord
 
 # -- git -------------------------------------------------------------------------------
 
@@ -85,21 +87,22 @@ def params_diff(audit: Audit, params) -> list[dict]:
     return record_params_diff(audit.record, audit.cell, params)
 
 
-def record_params_diff(record: dict, cell: str, params) -> list[dict]:
-    """The fields of `params` that differ from what `record` (a cell's record) holds; also
-    what `misfit reproduce` names when it trains with params.yaml."""
+def record_params_diff(record: AuditedCell | TrainRecord, cell: str, params) -> list[dict]:
+    """The fields of `params` that differ from what `record` (a cell's record: the audit's, or the
+    train record `misfit reproduce` reads; both name these fields alike) holds; also what
+    `misfit reproduce` names when it trains with params.yaml."""
     differing = []
     if cell not in params.cells:
-        differing.append({"field": f"cells.{cell}", "recorded": record["cell"], "current": ABSENT})
+        differing.append({"field": f"cells.{cell}", "recorded": record.cell, "current": ABSENT})
         seeds = params.seeds  # what the cell would get back, without seeds of its own
     else:
-        differing += _flat_diff(f"cells.{cell}", record["cell"], params.cells[cell].model_dump())
+        differing += _flat_diff(f"cells.{cell}", record.cell, params.cells[cell].model_dump())
         seeds = params.seeds_of(cell)
-    differing += _flat_diff("protocol", record["protocol"], params.protocol.model_dump())
-    differing += _flat_diff("data", record["data"].get("config", {}), params.data.model_dump())
-    if record["seeds"] != seeds:
-        differing.append({"field": "seeds", "recorded": record["seeds"], "current": seeds})
-    experiment = record.get("experiment")
+    differing += _flat_diff("protocol", record.protocol, params.protocol.model_dump())
+    differing += _flat_diff("data", record.data.get("config", {}), params.data.model_dump())
+    if record.seeds != seeds:
+        differing.append({"field": "seeds", "recorded": record.seeds, "current": seeds})
+    experiment = record.experiment
     if experiment and experiment != params.tracking.experiment:
         differing.append({"field": "tracking.experiment", "recorded": experiment,
                           "current": params.tracking.experiment})

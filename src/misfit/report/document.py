@@ -165,7 +165,7 @@ def write_report(root: Path = Path(".")) -> None:
     except (OSError, ValueError) as error:
         raise DataError(f"{root / LABEL_SUMMARY}: not readable JSON ({error}); rerun label-derive") from None
     try:
-        cells = load_cells(root, params, label_summary)  # load_joined: each record, validated
+        cells = load_cells(root, params, label_summary)  # load_cell_records: each record, validated
     except FileNotFoundError as error:  # its message names the record and the stage to run
         raise DataError(str(error)) from None
     published = published_runs(root)
