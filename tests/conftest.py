@@ -184,13 +184,18 @@ TINY_PROFILE = {"description": "one epoch, seed 0, main draw",
                 "set": {"protocol.max_epochs": 1, "seeds": [0], "draws.subset_seeds": []}}
 
 
+def published_env(tmp: Path) -> dict:
+    """The environment of the published study's commands: its synthetic mirror and manifest."""
+    return base_env(MNIST_MIRROR=str(tmp / "mirror"), MNIST_MANIFEST=str(tmp / "mirror-manifest.json"))
+
+
 def publish_small_study(tmp: Path) -> tuple[Path, dict]:
     """A small study published as the repository publishes it: scripts/publish_study.sh trains
     and evaluates cell by cell, pushes every DVC output to a local remote (`home`, the
     default, named in .dvc/config) and commits each cell's results, then the report.
     A user's profile (profiles/tiny.yaml) is committed with it."""
-    manifest = synthetic_mnist(tmp / "mirror")
-    env = base_env(MNIST_MIRROR=str(tmp / "mirror"), MNIST_MANIFEST=str(manifest))
+    synthetic_mnist(tmp / "mirror")
+    env = published_env(tmp)
     root = make_project(tmp / "project", small_params(PUBLISHED_CELLS))
     (root / "scripts").mkdir()
     shutil.copy2(REPO / "scripts" / "publish_study.sh", root / "scripts")
@@ -222,8 +227,7 @@ def published(tmp_path_factory):
                 shutil.rmtree(shared)
             shared.mkdir()
             publish_small_study(shared)
-    return shared / "project", base_env(MNIST_MIRROR=str(shared / "mirror"),
-                                        MNIST_MANIFEST=str(shared / "mirror-manifest.json"))
+    return shared / "project", published_env(shared)
 
 
 def publish_output(published: tuple[Path, dict]) -> str:
