@@ -105,4 +105,5 @@ def test_relu_lottery_counts_survivors_with_a_wilson_interval():
     low, high = found["survival"]["ci"]
     assert low == pytest.approx(0.1197, abs=1e-3) and high == pytest.approx(0.4490, abs=1e-3)
     assert found["dead_at_init"] == 18 and found["alive_test"]["median"] == pytest.approx(0.59)
+    assert found["dead_at_init_seeds"] == list(range(18))
     assert "clip_bound" in found

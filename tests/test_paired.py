@@ -15,6 +15,7 @@ from misfit.report.paired import (
     UNDECIDED,
     Components,
     Pairs,
+    Quantiles,
     Scores,
     decide,
     image_sampling_variance,
@@ -86,18 +87,44 @@ def test_the_verdicts():
 
 
 def test_runs_to_decide_solves_the_power_equation():
-    """With no image noise and the estimate on the margin (so equivalence is out of reach):
-    n' = n se^2 / (d / (z_a + z_b))^2, the textbook sample size."""
+    """With no image noise, normal quantiles (df infinite) and the estimate on the margin (so
+    equivalence is out of reach): n' = n se^2 / (d / (z_a + z_b))^2, the textbook sample size."""
     z_a, z_b = stats.norm.ppf(0.975), stats.norm.ppf(0.8)
     runs, why = runs_to_decide(estimate=0.002, se_runs=0.001, se_images=0.0, n=13, margin=0.002,
-                               two_sided=z_a, one_sided=stats.norm.ppf(0.95), power_quantile=z_b)
+                               quantiles=Quantiles(0.05, 1, 0.8), df=math.inf)
     assert why is None and runs == math.ceil(13 * 0.001 ** 2 / (0.002 / (z_a + z_b)) ** 2)
+
+
+def test_runs_to_decide_counts_the_degrees_of_freedom_more_runs_bring():
+    """At finite df the answer is the fewest runs n' that suffice at the t quantiles of the
+    design n' runs would make (df x n'/n): n' suffices, n' - 1 does not."""
+    quantiles, n, df, se_runs, estimate = Quantiles(0.05, 6, 0.8), 13, 8, 0.004, 0.006
+
+    def required(runs: int) -> float:
+        two_sided, _, power = (stats.t(df * runs / n).ppf(q) for q in (1 - 0.05 / 12, 1 - 0.05 / 6, 0.8))
+        return n * se_runs ** 2 / (estimate / (two_sided + power)) ** 2
+
+    runs, why = runs_to_decide(estimate, se_runs, 0.0, n, margin=0.005, quantiles=quantiles, df=df)
+    assert why is None and required(runs) <= runs and required(runs - 1) > runs - 1
+    at_todays_df = math.ceil(n * se_runs ** 2 / (estimate / sum(stats.t(df).ppf(q) for q in (1 - 0.05 / 12, 0.8))) ** 2)
+    assert runs < at_todays_df  # the old answer held the df at today's 8
 
 
 def test_a_difference_smaller_than_the_test_sets_noise_cannot_be_decided_by_runs():
     runs, why = runs_to_decide(estimate=0.001, se_runs=0.001, se_images=0.003, n=13, margin=0.0012,
-                               two_sided=2.0, one_sided=1.7, power_quantile=0.84)
+                               quantiles=Quantiles(0.05, 1, 0.8), df=8)
     assert runs is None and "test set" in why
+
+
+def test_more_runs_can_decide_what_only_todays_small_df_leaves_to_the_test_set():
+    """The limit is the normal quantiles: a difference the t quantiles at today's df would put
+    inside the test set's noise is still decidable by runs, which bring degrees of freedom."""
+    quantiles, se_images, estimate = Quantiles(0.05, 8, 0.8), 0.031, 0.137
+    two_t, _, power_t = quantiles.at(8)
+    two_z, _, power_z = quantiles.at(math.inf)
+    assert estimate / (two_t + power_t) < se_images < estimate / (two_z + power_z)
+    runs, why = runs_to_decide(estimate, 0.05, se_images, 13, margin=0.0953, quantiles=quantiles, df=8)
+    assert why is None and runs > 13
 
 
 def test_mse_is_compared_as_a_log_ratio_with_delta_method_image_terms():

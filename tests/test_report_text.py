@@ -66,3 +66,18 @@ def test_the_published_report_does_not_depend_on_the_hash_seed(published, tmp_pa
         assert done.returncode == 0, done.stderr
         texts.add((tmp_path / "reports" / "report.md").read_text())
     assert len(texts) == 1
+
+
+def test_relu_cells_that_lose_the_same_seeds_at_initialisation_are_one_draw_of_the_lottery():
+    from misfit.report.sections import shared_deaths_lines
+
+    def results(raw: list[int], zscore: list[int]) -> dict:
+        return {"cells": {"regression-relu-mse-raw": {"relu": {"dead_at_init_seeds": raw}},
+                          "regression-relu-mse-zscore": {"relu": {"dead_at_init_seeds": zscore}}}}
+
+    (_, same), = [shared_deaths_lines(results([0, 2, 3], [0, 2, 3]))]
+    assert "the same 3 seeds" in same and "not two" in same
+    (_, some), = [shared_deaths_lines(results([0, 2, 3], [2, 3, 5, 7]))]
+    assert "share 2 of their deaths" in some and "[2, 3]" in some and "3 in `regression-relu-mse-raw`" in some
+    assert shared_deaths_lines(results([], [])) == []
+    assert shared_deaths_lines({"cells": {"regression-relu-mse-raw": {"relu": {"dead_at_init_seeds": [1]}}}}) == []

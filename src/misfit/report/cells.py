@@ -408,6 +408,7 @@ def relu_lottery(cell: Cell, label_summary: dict) -> dict:
         "alive_test": mode_summary([r.test for r in alive if r.test is not None]),
         "dead_test": mode_summary([r.test for r in dead if r.test is not None]),
         "survivors": [r.seed for r in alive],
+        "dead_at_init_seeds": [r.seed for r in dead if r.outcome.detail == "dead at initialisation"],
     }
     if cell.record.cell["variant"] == "zscore":
         found["clip_bound"] = relu_clip_bound(label_summary)

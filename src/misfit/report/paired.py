@@ -188,28 +188,67 @@ def decide(pairs: Pairs, components: Components, margin: float, alpha: float, k:
     verdict = (DIFFERS_WITHIN if differs and equivalent else DIFFERS if differs else
                EQUIVALENT if equivalent else UNDECIDED)
     runs, why = (None, None) if verdict != UNDECIDED else runs_to_decide(
-        estimate, se_runs, se_images, pairs.n, margin, two_sided, one_sided, t.ppf(power))
+        estimate, se_runs, se_images, pairs.n, margin, Quantiles(alpha, k, power), components.df)
     return Decision(estimate, se_runs, se_images, low, high, min(1.0, k * p), min(1.0, k * tost),
                     verdict, runs, why)
 
 
+@dataclass(frozen=True)
+class Quantiles:
+    """The critical values of a family's verdicts at df degrees of freedom (inf: normal)."""
+    alpha: float
+    k: int
+    power: float
+
+    def at(self, df: float) -> tuple[float, float, float]:
+        """(two-sided, one-sided, power) quantiles."""
+        from scipy import stats
+
+        law = stats.norm if math.isinf(df) else stats.t(df)
+        return (float(law.ppf(1 - self.alpha / (2 * self.k))), float(law.ppf(1 - self.alpha / self.k)),
+                float(law.ppf(self.power)))
+
+
 def runs_to_decide(estimate: float, se_runs: float, se_images: float, n: int, margin: float,
-                   two_sided: float, one_sided: float, power_quantile: float) -> tuple[int | None, str | None]:
+                   quantiles: Quantiles, df: int) -> tuple[int | None, str | None]:
     """Runs per cell at which, were the true difference `estimate`, the verdict would come
     with the given power: a difference shown, or equivalence, whichever needs fewer.
 
-    More runs shrink only the runs' part of the error (as 1/n at this mix of draws and seeds);
-    the test images' part stays, so some differences no number of runs can decide."""
+    More runs at this mix of draws and seeds shrink the runs' part of the error as 1/n and
+    add degrees of freedom in proportion (df grows with the draws); the test images' part
+    stays, so some differences no number of runs can decide: those that even the normal
+    quantiles (infinitely many runs) leave inside the test set's noise."""
+    if needed_runs(estimate, se_runs, se_images, n, margin, quantiles.at(math.inf)) is None:
+        return None, (f"the test set's own noise (±{se_images:.2g} on this scale) is as large as what would "
+                      "decide it: more runs cannot, a larger test set could")
+
+    def enough(runs: int) -> bool:  # `runs` per cell suffice at the df that many runs would give
+        needed = needed_runs(estimate, se_runs, se_images, n, margin, quantiles.at(max(df, df * runs / n)))
+        return needed is not None and needed <= runs
+
+    low, high = n, n + 1
+    while not enough(high):  # doubling, then bisection: `enough` holds from some number of runs on
+        low, high = high, high * 2
+        if high > RUNS_SHOWN_CAP:
+            return None, f"more than {RUNS_SHOWN_CAP:,} runs per cell"
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle, high)
+    return high, None
+
+
+def needed_runs(estimate: float, se_runs: float, se_images: float, n: int, margin: float,
+                quantiles: tuple[float, float, float]) -> int | None:
+    """The textbook sample size at fixed quantiles, n' = n se_runs^2 / (target^2 - se_images^2),
+    target = d / (z_alpha + z_power), for a difference shown or for equivalence (the fewer);
+    None where the test images' noise alone is already too large."""
+    two_sided, one_sided, power_quantile = quantiles
     needed = []
     for target in (abs(estimate) / (two_sided + power_quantile), (margin - abs(estimate)) / (one_sided + power_quantile)):
         room = target ** 2 - se_images ** 2
         if target > 0 and room > 0 and se_runs > 0:
             needed.append(math.ceil(n * se_runs ** 2 / room))
-    if not needed:
-        return None, (f"the test set's own noise (±{se_images:.2g} on this scale) is as large as what would "
-                      "decide it: more runs cannot, a larger test set could")
-    best = max(n + 1, min(needed))
-    return (best, None) if best <= RUNS_SHOWN_CAP else (None, f"more than {RUNS_SHOWN_CAP:,} runs per cell")
+    return min(needed) if needed else None
 
 
 def probability_of_improvement(cell: list[float], other: list[float], higher_is_better: bool,

@@ -95,10 +95,12 @@ def own_lines(own: list[dict]) -> list[str]:
                          f"our means over {len(finding['cells'])} cells (p {finding['p']:.3f}), more than single "
                          "runs scatter: one draw of its own for all its cells would do it.")
         elif kind == "test set too small":
-            pairs = ", ".join(f"`{a}` vs `{b}`" for a, b in finding["comparisons"][:6])
-            lines.append(f"- **Beyond what more runs can decide**: {len(finding['comparisons'])} comparisons "
-                         f"({pairs}{', …' if len(finding['comparisons']) > 6 else ''}) differ by less than the "
-                         "test set's own noise: a larger test set could decide them, more runs cannot.")
+            found = finding["comparisons"]
+            pairs = ", ".join(f"`{a}` vs `{b}`" for a, b in found[:6]) + (", …" if len(found) > 6 else "")
+            one = len(found) == 1
+            lines.append(f"- **Beyond what more runs can decide**: {len(found)} comparison{'' if one else 's'} "
+                         f"({pairs}) differ{'s' if one else ''} by less than the test set's own noise: a larger "
+                         f"test set could decide {'it' if one else 'them'}, more runs cannot.")
     return lines
 
 

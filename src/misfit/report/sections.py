@@ -112,10 +112,11 @@ def glance_section(results: dict, cells: dict[str, Cell]) -> list[str]:
             f"`{c.cell_id}` ({format_modes(c.modes)})" for c in split) + ".")
     for cell_id in RELU_CELLS:
         if cell_id in results["cells"]:
-            survival = results["cells"][cell_id]["relu"]["survival"]
+            relu = results["cells"][cell_id]["relu"]
+            survival = relu["survival"]
             low, high = survival["ci"]
             lines.append(f"- **`{cell_id}`:** the ReLU survived in {survival['alive']}/{survival['n']} seeds "
-                         f"(95% CI {low:.0%}–{high:.0%}).")
+                         f"(95% CI {low:.0%}–{high:.0%}); {relu['alive_modes'].get(LEARNED, 0)} of those learned.")
     verdicts: dict[str, int] = {}
     for entry in results["comparisons"]:
         verdicts[entry["verdict"]] = verdicts.get(entry["verdict"], 0) + 1
@@ -158,7 +159,26 @@ def relu_section(results: dict, cells: dict[str, Cell]) -> list[str]:
                          f"it, every other target exact): test MSE {relu['clip_bound']:.4f}.")
         if "zero_mse" in relu:
             lines.append(f"- Always predicting 0 (a dead raw-target ReLU) scores {relu['zero_mse']:.4f}.")
-    return lines
+    return lines + shared_deaths_lines(results)
+
+
+def shared_deaths_lines(results: dict) -> list[str]:
+    """Whether the ReLU cells lose the same seeds at initialisation: a seed gives the same
+    initial weights in every cell, and the target's scaling plays no part before the first
+    step, so shared deaths are one draw of the lottery, not one per cell."""
+    dead = {c: set(results["cells"][c]["relu"]["dead_at_init_seeds"]) for c in RELU_CELLS if c in results["cells"]}
+    if len(dead) < 2 or not any(dead.values()):
+        return []
+    (first_cell, first), (second_cell, second) = dead.items()
+    shared = sorted(first & second)
+    if first == second:
+        what = (f"Both cells lose the same {len(shared)} seeds at initialisation ({shared}): a seed gives the "
+                "same initial weights in every cell and the target's scaling plays no part before the first "
+                "step, so this is one draw of the lottery, not two.")
+    else:
+        what = (f"The cells share {len(shared)} of their deaths at initialisation ({shared}; "
+                f"{len(first)} in `{first_cell}`, {len(second)} in `{second_cell}`).")
+    return ["", what]
 
 
 def _range_text(summary: dict) -> str:

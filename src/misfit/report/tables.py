@@ -207,7 +207,7 @@ def constant_answer_lines(cell: Cell, baseline) -> list[str]:
 
 
 def _p_relation(value: float) -> str:
-    """The relation that follows "p_Holm": '= 0.031' or '< 0.001'."""
+    """The relation that follows "p_adj": '= 0.031' or '< 0.001'."""
     text = _p(value)
     return text if text.startswith("<") else f"= {text}"
 
