@@ -32,7 +32,7 @@ import yaml
 
 # what the pipeline rewrites as it runs (outputs, not code): the same rule as the git_dirty run tag
 from misfit.core.provenance import PIPELINE_OUTPUTS
-from misfit.run.cell_task import ATTEMPT_TOPIC, OUTPUT_TOPIC
+from misfit.run.cell_task import ATTEMPT_TOPIC, OUTPUT_TOPIC, SetupError
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 CONNECT_TIMEOUT_S = 10.0
@@ -226,10 +226,11 @@ def submit_cells(client, cells: dict[str, list[str]], repo_url: str, commit: str
     """{future: cell}, one task per cell."""
     import cloudpickle
 
-    from misfit.run import cell_task
+    from misfit.run import cell_task, process
 
     # by value: a worker runs this client's task code whatever version of misfit it has
     cloudpickle.register_pickle_by_value(cell_task)
+    cloudpickle.register_pickle_by_value(process)
     # retries: a task that raised (clone, fetch or push failed); a lost worker is Dask's
     # own rescheduling (allowed-failures), and a failed stage returns, so neither counts here
     return {client.submit(cell_task.run_cell, cell, stages, repo_url, commit, env, cache_dir, push,
@@ -249,7 +250,7 @@ def collect(client, futures: dict) -> tuple[list[dict], list[dict]]:
             cell = futures[future]
             failed.append({"cell": cell, "error": f"{type(error).__name__}: {error}"})
             print(f"misfit run: {cell} FAILED: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
-            if type(error).__name__ == "SetupError":  # it would fail every cell the same way
+            if isinstance(error, SetupError):  # it would fail every cell the same way
                 client.cancel(list(futures))
                 break
             continue
