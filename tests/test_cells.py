@@ -10,16 +10,18 @@ from conftest import report_run
 from misfit.core.tasks import STROKES
 from misfit.report.cells import (
     Cell,
-    Published,
     baselines,
-    judge_published,
     relu_clip_bound,
     relu_lottery,
-    source_offsets,
-    task_components,
     zero_mse,
 )
 from misfit.report.modes import CONSTANT, DEAD_RELU, LEARNED, Outcome
+from misfit.report.published import (
+    Published,
+    judge_published,
+    source_offsets,
+    task_components,
+)
 
 COUNTS = [98, 113, 103, 101, 98, 89, 96, 103, 97, 102]
 LABELS = {

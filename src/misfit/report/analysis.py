@@ -27,15 +27,17 @@ from misfit.core.study import (
 )
 from misfit.report.cells import (
     Cell,
-    Published,
     Run,
     cell_summary,
-    judge_published,
     relu_lottery,
+)
+from misfit.report.compare import reference_of
+from misfit.report.published import (
+    Published,
+    judge_published,
     source_offsets,
     task_components,
 )
-from misfit.report.compare import reference_of
 
 FIGURES = "figures"
 REFERENCE_FILE = Path("reference/author_s1.json")  # the author's completed S1 tables, with their source
