@@ -44,6 +44,7 @@ from misfit.report.sections import (
     double_softmax_section,
     glance_section,
     published_section,
+    published_summary,
     relu_section,
 )
 from misfit.report.tables import (
@@ -54,8 +55,7 @@ from misfit.report.tables import (
 
 
 def render_report(cells: dict[str, Cell], results: dict, published: dict, params: Params,
-                  label_summary: dict, figure_dir: Path, experiment_id: str | None = None) -> str:
-    links = (params.tracking.ui_base_url, experiment_id)
+                  label_summary: dict, figure_dir: Path) -> str:
     task_baselines = baselines(label_summary)
     seeds = params.seeds
     lines = [
@@ -110,7 +110,7 @@ def render_report(cells: dict[str, Cell], results: dict, published: dict, params
         for task, members in members_by_task.items():
             if not members:
                 continue
-            lines += ["", f"### {study} · {task}", "", *study_table(study, members, results, published, links), "",
+            lines += ["", f"### {study} · {task}", "", *study_table(study, task, members, results, published), "",
                       *family_finding(study, task, results, cells, task_baselines[task])]
         path = figure_dir / f"test-{study.lower()}.png"
         figures.test_points(STUDY_TITLES[study], {
@@ -118,10 +118,11 @@ def render_report(cells: dict[str, Cell], results: dict, published: dict, params
             for t, m in members_by_task.items()}, {t: b.value for t, b in task_baselines.items()}, path)
         lines += ["", f"![{STUDY_TITLES[study]}]({FIGURES}/{path.name})"]
     lines += relu_section(results, cells)
-    lines += published_section(results, cells, params)
+    lines += published_summary(results)
     lines += double_softmax_section(results, cells)
-    lines += ["", "How the failing runs fail (diagnostics per failure mode), the learning curves, and every run "
-              "with its MLflow ids and config digests: the appendix, [runs.md](runs.md)."]
+    lines += ["", "The published numbers against our prediction intervals, how the failing runs fail (diagnostics "
+              "per failure mode), the learning curves, and every run with its MLflow ids and config digests: "
+              "the appendix, [runs.md](runs.md)."]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -179,8 +180,8 @@ def write_report(root: Path = Path(".")) -> None:
     with atomic_dir(root / REPORTS_DIR / FIGURES) as figure_dir:
         # the old figures are replaced when this block ends, after the report is rendered
         links = (params.tracking.ui_base_url, experiment_id_of(root, params))
-        report = render_report(cells, results, published, params, label_summary, figure_dir, links[1])
-        runs = appendix(cells, results, links) + "\n".join(
+        report = render_report(cells, results, published, params, label_summary, figure_dir)
+        runs = appendix(cells, results, links) + "\n".join(published_section(results, cells, params) +
             diagnostics_sections(cells, results, label_summary, figure_dir)
             + learning_curve_section(cells, figure_dir)) + "\n"
         n_figures = len(list(figure_dir.glob("*.png")))

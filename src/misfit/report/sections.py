@@ -67,6 +67,24 @@ def published_section(results: dict, cells: dict[str, Cell], params: Params) -> 
     return lines
 
 
+def published_summary(results: dict) -> list[str]:
+    """The body's word on the published numbers (the intervals are in the appendix): what the
+    tables' inside / outside marks mean, and each source's offset from ours as a group."""
+    if not any(e["published"] for e in results["cells"].values()):
+        return []
+    lines = ["", "## Against the published single runs", "",
+             "Each source published one run per cell, from a data draw of its own. The tables above mark each "
+             "published test number *inside* when it falls in our 95% prediction interval for one new run on a "
+             "new draw with a new seed (draw and seed as crossed random effects, pooled per task), or, where our "
+             "runs split into modes, in the range of one mode. The intervals, valid and test, with the "
+             "explanation of each number outside: [runs.md](runs.md#against-the-published-single-runs)."]
+    for study in (S0, S1):
+        offsets = offset_lines(results["published_offsets"].get(SOURCES[study], {}))
+        if offsets:
+            lines += ["", f"{SOURCES[study]}, as a group:", *offsets]
+    return lines
+
+
 def _pi_text(interval: dict | None, inside: bool | None, metric: str, spreads: bool) -> str:
     if not interval:
         return "–" if inside is None else ("inside a mode's range" if inside else "**outside**")

@@ -100,12 +100,16 @@ def epochs_text(cell: Cell) -> str:
     return "; ".join(parts) or "–"
 
 
-def published_text(cell_id: str, study: str, published: dict) -> str:
+def published_text(cell_id: str, study: str, published: dict, judged: list[dict]) -> str:
+    """The source's valid / test numbers, marked by whether the test one falls inside our
+    95% prediction interval for one new run (or a mode's range): the intervals in runs.md."""
     found = published[study].get(cell_id)
     if found is None:
         return ""
     metric = "mse" if cell_id.startswith("regression") else "accuracy"
-    return f"{fmt(found.valid, metric)} / {fmt(found.test, metric)}"
+    verdict = next((j["inside"] for j in judged if j["source"] == SOURCES[study]), None)
+    mark = "" if verdict is None else " (inside)" if verdict else " (**outside**)"
+    return f"{fmt(found.valid, metric)} / {fmt(found.test, metric)}{mark}"
 
 
 def run_ids(cell: Cell, links: tuple[str | None, str | None]) -> str:
@@ -127,20 +131,35 @@ def experiment_id_of(root: Path, params: Params) -> str | None:
 
 # -- sections ------------------------------------------------------------------------
 
-def study_table(study: str, members: list[Cell], results: dict, published: dict, links) -> list[str]:
+def study_table(study: str, task: str, members: list[Cell], results: dict, published: dict) -> list[str]:
+    """One row per cell: its outcomes and numbers on the main draw, its comparison with the
+    table's ✅ reference over every draw, and the source's published numbers, each marked
+    inside or outside what our runs predict for one new run."""
+    from misfit.report.compare import find_comparison
+    from misfit.report.render_findings import effect_text
+
     metric = members[0].metric
     unit = "accuracy %" if metric == "accuracy" else "MSE, strokes²; lower is better"
+    reference = results["families"][f"{study}/{task}"]["reference"]
+    against = f" against `{reference}`, every draw |" if reference else ""
     source = f" {SOURCES[study]} (valid / test) |" if study in SOURCES else ""
-    rows = [f"| cell | seed's mark | outcomes (main draw) | test ({unit}) | valid best | best epoch |{source}",
-            "|---|---|---|---|---|---|" + ("---|" if source else "")]
+    rows = [f"| cell | seed's mark | outcomes (main draw) | test ({unit}) | valid best | best epoch |{against}{source}",
+            "|---|---|---|---|---|---|" + ("---|" if against else "") + ("---|" if source else "")]
     for cell in members:
         entry = results["cells"][cell.cell_id]
         valid = cell_summary_valid(cell)
         mark = ("✅" if recommended_in(cell.cell_id, study) else "❌") if cell.cell_id in STUDIES[study] else \
             "– (not in the write-up; the author ran it later)"
-        pub = f" {published_text(cell.cell_id, study, published)} |" if source else ""
+        if against:
+            comparison = find_comparison(results["comparisons"], cell.cell_id, reference)
+            shown = ("the reference" if cell.cell_id == reference else
+                     effect_text(comparison, cell.cell_id) if comparison else "–")
+            compared = f" {shown} |"
+        else:
+            compared = ""
+        pub = f" {published_text(cell.cell_id, study, published, entry['published'])} |" if source else ""
         rows.append(f"| `{cell.cell_id}` | {mark} | {modes_text(cell)} | {value_text(cell, entry)} | {valid} | "
-                    f"{epochs_text(cell)} |{pub}")
+                    f"{epochs_text(cell)} |{compared}{pub}")
     return rows
 
 
@@ -157,22 +176,15 @@ def cell_summary_valid(cell: Cell) -> str:
 
 
 def family_finding(study: str, task: str, results: dict, cells: dict[str, Cell], baseline) -> list[str]:
-    """Each cell against the table's ✅ reference, over every draw (the comparisons of
-    results.json, simultaneous over the task's family), then failures and constant answers."""
-    from misfit.report.compare import find_comparison
-    from misfit.report.render_findings import effect_text
-
+    """Under a table: what its comparison column is, then failures and constant answers."""
     info = results["families"][f"{study}/{task}"]
     lines = []
     reference = info["reference"]
     metric = cells[info["cells"][0]].metric
     if reference:
-        lines.append(f"Against `{reference}` ✅, over every draw (paired by draw and seed; the interval is "
-                     "simultaneous over the task's comparisons and includes the test set's noise):")
-        for cell_id in info["cells"]:
-            entry = find_comparison(results["comparisons"], cell_id, reference) if cell_id != reference else None
-            if entry:
-                lines.append(f"- `{cell_id}`: {effect_text(entry, cell_id)}.")
+        lines.append(f"The column *against `{reference}`*: each cell compared with it over every draw, paired by "
+                     "draw and seed; the interval is simultaneous over the task's comparisons and includes the test "
+                     "set's noise.")
     else:
         lines.append("No ✅ cell of this table has every run learned, so nothing is compared with it.")
     for cell_id in info["cells"]:
