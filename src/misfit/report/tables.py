@@ -193,28 +193,34 @@ def family_finding(study: str, task: str, results: dict, cells: dict[str, Cell],
         for error in errors:
             which = [str(r.seed) for r in cell.runs if r.outcome.detail == error]
             lines.append(f"- `{cell_id}` seed(s) {', '.join(which)}: {error}.")
-        lines += constant_answer_lines(cell, baseline)
+    lines += constant_answer_lines([cells[cell_id] for cell_id in info["cells"]], baseline)
     name = "The train-mean baseline" if metric == "mse" else "The best constant answer"
     lines.append(f"- {name} ({baseline.text}) scores {fmt(baseline.value, metric)} on test.")
     return lines
 
 
-def constant_answer_lines(cell: Cell, baseline) -> list[str]:
-    """A classifier's constant runs, per answer: what that answer scores next to the best
-    constant answer (a collapse to the minority answer scores below it)."""
-    if cell.metric != "accuracy":
-        return []
+def constant_answer_lines(cells: list[Cell], baseline) -> list[str]:
+    """The classifiers' constant runs, one line per answer over the table's cells: what that
+    answer scores next to the best constant answer (a collapse to the minority answer scores
+    below it)."""
+    by_answer: dict[str, list[tuple[Cell, list[float]]]] = {}
+    for cell in cells:
+        if cell.metric != "accuracy":
+            continue
+        runs = [r for r in cell.runs if r.outcome.mode == CONSTANT and r.test is not None]
+        for answer in sorted({r.outcome.detail for r in runs}):
+            by_answer.setdefault(answer, []).append((cell, [r.test for r in runs if r.outcome.detail == answer]))
     lines = []
-    runs = [r for r in cell.runs if r.outcome.mode == CONSTANT and r.test is not None]
-    for answer in sorted({r.outcome.detail for r in runs}):
-        scores = [r.test for r in runs if r.outcome.detail == answer]
-        low, high = fmt(min(scores), cell.metric), fmt(max(scores), cell.metric)
+    for answer, found in by_answer.items():
+        scores = [score for _, cell_scores in found for score in cell_scores]
+        low, high = fmt(min(scores), "accuracy"), fmt(max(scores), "accuracy")
         shown = f"{low}%" if low == high else f"{low}–{high}%"
         gap = baseline.value - max(scores)
         versus = ("as much as the best constant answer" if gap <= 1e-9 else
-                  f"{fmt(gap, cell.metric)} points less than the best constant answer: not the majority answer")
-        lines.append(f"- `{cell.cell_id}`: {len(scores)}/{len(cell.runs)} runs answer {answer} for (nearly) every "
-                     f"image, which scores {shown} on test, {versus}.")
+                  f"{fmt(gap, 'accuracy')} points less than the best constant answer: not the majority answer")
+        who = ", ".join(f"`{cell.cell_id}` ({len(cell_scores)}/{len(cell.runs)} runs)" for cell, cell_scores in found)
+        lines.append(f"- {who} answer{'s' if len(found) == 1 else ''} {answer} for (nearly) every image, which "
+                     f"scores {shown} on test, {versus}.")
     return lines
 
 
