@@ -175,25 +175,24 @@ def cell_summary_valid(cell: Cell) -> str:
     return "; ".join(parts) or "–"
 
 
-def family_finding(study: str, task: str, results: dict, cells: dict[str, Cell], baseline) -> list[str]:
-    """Under a table: what its comparison column is, then failures and constant answers."""
+def family_finding(study: str, task: str, results: dict, members: list[Cell], baseline) -> list[str]:
+    """Under a table of `members`: what its comparison column is, then failures and constant answers."""
     info = results["families"][f"{study}/{task}"]
     lines = []
     reference = info["reference"]
-    metric = cells[info["cells"][0]].metric
+    metric = members[0].metric
     if reference:
         lines.append(f"The column *against `{reference}`*: each cell compared with it over every draw, paired by "
                      "draw and seed; the interval is simultaneous over the task's comparisons and includes the test "
                      "set's noise.")
     else:
         lines.append("No ✅ cell of this table has every run learned, so nothing is compared with it.")
-    for cell_id in info["cells"]:
-        cell = cells[cell_id]
+    for cell in members:
         errors = sorted({r.outcome.detail for r in cell.runs if r.outcome.mode in (FAILED, DIVERGED)})
         for error in errors:
             which = [str(r.seed) for r in cell.runs if r.outcome.detail == error]
-            lines.append(f"- `{cell_id}` seed(s) {', '.join(which)}: {error}.")
-    lines += constant_answer_lines([cells[cell_id] for cell_id in info["cells"]], baseline)
+            lines.append(f"- `{cell.cell_id}` seed(s) {', '.join(which)}: {error}.")
+    lines += constant_answer_lines(members, baseline)
     name = "The train-mean baseline" if metric == "mse" else "The best constant answer"
     lines.append(f"- {name} ({baseline.text}) scores {fmt(baseline.value, metric)} on test.")
     return lines
