@@ -60,14 +60,16 @@ def read_idx_images(path: Path) -> np.ndarray:
 
 def model_uri(target: str, root: Path) -> str:
     """A cell id (a records/<cell>.json or a cell of params.yaml) means its registered best."""
+    from misfit.core.config import ConfigError, load_params
     from misfit.core.layout import PARAMS_FILE, RECORDS_DIR
     from misfit.track.model import BEST_ALIAS, MODEL_NAME, registered_name
 
     cells = {p.stem for p in (root / RECORDS_DIR).glob("*.json")}
     if (root / PARAMS_FILE).is_file():
-        import yaml
-
-        cells |= set((yaml.safe_load((root / PARAMS_FILE).read_text()) or {}).get("cells") or {})
+        try:
+            cells |= set(load_params(root / PARAMS_FILE).cells)
+        except ConfigError as error:
+            raise PredictError(str(error)) from None
     if target in cells:
         return f"models:/{registered_name(target)}@{BEST_ALIAS}"
     return f"runs:/{target}/{MODEL_NAME}"

@@ -10,8 +10,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import yaml
-
 # what the pipeline rewrites as it runs (outputs, not code): the same rule as the git_dirty run tag
 from misfit.core.provenance import PIPELINE_OUTPUTS
 
@@ -75,16 +73,18 @@ def clean_commit(root: Path) -> str:
     return head.stdout.strip()
 
 
-def cell_ids(root: Path) -> list[str]:
-    path = root / "params.yaml"
+def project_params(root: Path):
+    """params.yaml through the one validated reader: a broken file stops the run before a cell goes out."""
+    from misfit.core.config import ConfigError, load_params
+
     try:
-        cells = yaml.safe_load(path.read_text()).get("cells")
-    except (OSError, yaml.YAMLError, AttributeError) as error:
-        raise EngineError(f"{path}: cannot read its `cells:` mapping ({error})") from error
-    if not isinstance(cells, dict) or not cells:
-        raise EngineError(f"{path}: `cells` must be a non-empty mapping of cell id to cell, "
-                          f"got {type(cells).__name__}")
-    return list(cells)
+        return load_params(root / "params.yaml")
+    except ConfigError as error:
+        raise EngineError(str(error)) from None
+
+
+def cell_ids(root: Path) -> list[str]:
+    return list(project_params(root).cells)
 
 
 def cell_stages(root: Path, cells: list[str]) -> dict[str, list[str]]:
@@ -155,7 +155,7 @@ def prepare_local_store(root: Path, uri: str) -> None:
     # (concurrent first use of one SQLite database breaks MLflow's schema migrations)
     from misfit.track.store import open_experiment
 
-    experiment = yaml.safe_load((root / "params.yaml").read_text())["tracking"]["experiment"]
+    experiment = project_params(root).tracking.experiment
     previous = os.environ.get(TRACKING_ENV)
     os.environ[TRACKING_ENV] = uri
     try:
