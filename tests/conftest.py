@@ -26,6 +26,35 @@ MNIST_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
+# The longest files first (their seconds in a 2-core CI run): one file runs on one xdist
+# worker, so a long file started last would keep one worker busy after the other is done.
+LONGEST_FIRST = ("test_parallel.py", "test_killed_run.py", "test_pipeline_synthetic.py", "test_pipeline_mnist.py",
+                 "test_determinism.py", "test_warm.py", "test_nonfinite.py", "test_tracking_faults.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file keeps its own order
+
+
+@pytest.fixture
+def figure(record_property):
+    """Print a benchmark figure after the run, also from an xdist worker (whose output pytest drops)."""
+    return lambda text: record_property("figure", text)
+
+
+def pytest_terminal_summary(terminalreporter):
+    figures = [value for report in terminalreporter.stats.get("passed", [])
+               for key, value in report.user_properties if key == "figure"]
+    if figures:
+        terminalreporter.section("figures")
+        for text in figures:
+            terminalreporter.write_line(text)
+
+
 def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:
     """An IDX file of unsigned bytes: magic 0x08XX, the dimensions, the data."""
     data = np.ascontiguousarray(array, dtype=np.uint8)
@@ -147,19 +176,78 @@ def synthetic_project(tmp: Path, cells: list[str], repro: bool = True, **overrid
     return root, env, done
 
 
-PUBLISHED_CELLS = ["regression-none-mse-zscore", "binary-logits-ce"]  # one cell in each study
+# one cell of each study, and a multilabel cell (4 outputs, each a bit) for the models' tests
+PUBLISHED_CELLS = ["regression-none-mse-zscore", "binary-logits-ce", "multilabel-logits-bcelogits"]
+PUBLISH_LOG = "publish.log"  # beside the project: what scripts/publish_study.sh printed
+# a user's profile (misfit profile tiny), committed with the published study
+TINY_PROFILE = {"description": "one epoch, seed 0, main draw",
+                "set": {"protocol.max_epochs": 1, "seeds": [0], "draws.subset_seeds": []}}
+
+
+def published_env(tmp: Path) -> dict:
+    """The environment of the published study's commands: its synthetic mirror and manifest."""
+    return base_env(MNIST_MIRROR=str(tmp / "mirror"), MNIST_MANIFEST=str(tmp / "mirror-manifest.json"))
+
+
+def publish_small_study(tmp: Path) -> tuple[Path, dict]:
+    """A small study published as the repository publishes it: scripts/publish_study.sh trains
+    and evaluates cell by cell, pushes every DVC output to a local remote (`home`, the
+    default, named in .dvc/config) and commits each cell's results, then the report.
+    A user's profile (profiles/tiny.yaml) is committed with it."""
+    synthetic_mnist(tmp / "mirror")
+    env = published_env(tmp)
+    root = make_project(tmp / "project", small_params(PUBLISHED_CELLS))
+    (root / "scripts").mkdir()
+    shutil.copy2(REPO / "scripts" / "publish_study.sh", root / "scripts")
+    (root / "profiles").mkdir()
+    (root / "profiles" / "tiny.yaml").write_text(yaml.safe_dump(TINY_PROFILE, sort_keys=False))
+    run(["dvc", "remote", "add", "-d", "home", str(tmp / "remote")], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "the publish script, a profile and a DVC remote"], root, env)
+    done = run(["bash", "scripts/publish_study.sh"], root, env)
+    (tmp / PUBLISH_LOG).write_text(done.stdout)
+    return root, env
 
 
 @pytest.fixture(scope="session")
 def published(tmp_path_factory):
-    """A small study run and published as the repository publishes it: every output that is
-    not DVC-cached (records, metrics, report, dvc.lock) committed. Tests clone it; none changes it.
+    """The small published study (publish_small_study). Tests clone or copy it; none changes it.
 
+    Under pytest-xdist the workers share one: the first to need it builds it, under a lock.
     Returns (project root, environment for its commands)."""
-    root, env, _ = synthetic_project(tmp_path_factory.mktemp("published"), PUBLISHED_CELLS)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-q", "-m", "the study's results"], root, env)
-    return root, env
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None:
+        return publish_small_study(tmp_path_factory.mktemp("published"))
+    from filelock import FileLock  # torch's own dependency
+
+    shared = tmp_path_factory.getbasetemp().parent / "published"
+    with FileLock(f"{shared}.lock"):
+        if not (shared / PUBLISH_LOG).is_file():
+            if shared.exists():  # a worker that died half-way
+                shutil.rmtree(shared)
+            shared.mkdir()
+            publish_small_study(shared)
+    return shared / "project", published_env(shared)
+
+
+def publish_output(published: tuple[Path, dict]) -> str:
+    """What scripts/publish_study.sh printed when it published the study."""
+    return (published[0].parent / PUBLISH_LOG).read_text()
+
+
+def copy_of(published: tuple[Path, dict], target: Path) -> tuple[Path, dict]:
+    """A copy of the published study to change: its checkpoints, DVC cache and MLflow store too."""
+    root, env = published
+    shutil.copytree(root, target)  # files, not links: a byte flipped here leaves the original alone
+    return target, env
+
+
+def tracked_bytes(root: Path) -> dict[str, str]:
+    """SHA-256 of every git-tracked file and of every file of the DVC outputs present."""
+    files = run(["git", "ls-files", "-z"], root).stdout.split("\0")
+    outputs = [str(p.relative_to(root)) for d in ("data", "models", "predictions") if (root / d).is_dir()
+               for p in (root / d).rglob("*") if p.is_file()]
+    return {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in {*files, *outputs} if name}
 
 
 def fresh_clone(source: Path, target: Path, env: dict) -> Path:
@@ -259,3 +347,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def report_run(seed: int, subset_seed: int, test: float | None, outcome, history: list[dict] | None = None,
+               valid: float | None = None, best_epoch: int | None = 3, status: str = "ok"):
+    """A run as the report reads it (misfit.report.cells.Run), typed as the stages write it:
+    `history` rows need only their epoch and valid metric."""
+    from misfit.core.record import EvaluatedRun, TrainedRun
+    from misfit.report.cells import Run
+
+    def epoch(row: dict) -> dict:
+        return {"valid_loss": 0.0, "valid_metric": 0.0, **row}
+
+    valid = test if valid is None else valid
+    trained = TrainedRun(seed=seed, subset_seed=subset_seed, run_id=f"r{subset_seed}-{seed}", config_digest="c" * 64,
+                         status=status, error=None if status == "ok" else "an error", best_epoch=best_epoch,
+                         valid_best=valid, epochs_run=len(history or []) or 3, checkpoint=None, checkpoint_sha256=None,
+                         initial=epoch({"epoch": 0}), history=[epoch(row) for row in history or []])
+    evaluated = None if test is None else EvaluatedRun(
+        seed=seed, subset_seed=subset_seed, run_id=trained.run_id, checkpoint="x.pt", checkpoint_sha256="0" * 64,
+        valid=valid, matches_record=True, test=test, calibration=None)
+    return Run(trained, evaluated, outcome)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import PUBLISHED_CELLS, run
+from conftest import PUBLISHED_CELLS, copy_of, run
 
 pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
 
@@ -23,10 +22,7 @@ EXIT_CHECKPOINT_DIFFERS = 3
 @pytest.fixture
 def project(published, tmp_path):
     """A copy of the published study: its checkpoints, DVC cache and MLflow store included."""
-    root, env = published
-    copy = tmp_path / "project"
-    shutil.copytree(root, copy)  # files, not links: flipping a byte here leaves the original alone
-    return copy, env
+    return copy_of(published, tmp_path / "project")
 
 
 def audit(root: Path, env: dict, *args: str):

@@ -15,11 +15,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import free_port, synthetic_project, wait_for_health
+from conftest import PUBLISHED_CELLS, copy_of, free_port, wait_for_health
 
 pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
 
-CELLS = ["regression-none-mse-zscore", "binary-logits-ce"]  # one cell in each study
+CELLS = PUBLISHED_CELLS
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
@@ -45,9 +45,8 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root, env, _ = synthetic_project(tmp_path_factory.mktemp("browser"), CELLS)
-    return root, env
+def project(published, tmp_path_factory):
+    return copy_of(published, tmp_path_factory.mktemp("browser") / "project")
 
 
 def children(pid: int) -> list[int]:
@@ -155,8 +154,8 @@ def test_filter_by_task_tag(server, project, chromium, tmp_path):
 def test_report_link_opens_the_run(server, project, chromium, tmp_path):
     from misfit.core.config import load_params
     from misfit.core.files import read_json
-    from misfit.report.document import run_ids
-    from misfit.report.findings import load_cells
+    from misfit.report.cells import load_cells
+    from misfit.report.tables import run_ids
 
     base = server.base
     root, _ = project
@@ -168,7 +167,7 @@ def test_report_link_opens_the_run(server, project, chromium, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     text = visible_text(done.stdout)
     run_id = links[0].rsplit("/", 1)[1]
-    (seed,) = [r.seed for r in cell.runs if r.record["run_id"] == run_id]
+    (seed,) = [r.seed for r in cell.runs if r.run_id == run_id]
     assert f"Run {run_id}" in text  # the page title
     assert f"binary-logits-ce seed={seed}" in text  # the run's name
 
@@ -211,8 +210,9 @@ def test_restored_store_shows_a_report_run_id(restored_server, chromium, tmp_pat
     from misfit.track.ui import runs_url
 
     clone = restored_server.clone
-    n_runs = sum(1 + len(json.loads(path.read_text())["runs"]) for path in clone.glob("records/*.json"))
-    assert f"restored {n_runs} runs of 2 cells" in restored_server.log.read_text()
+    records = list(clone.glob("records/*.json"))
+    n_runs = sum(1 + len(json.loads(path.read_text())["runs"]) for path in records)
+    assert f"restored {n_runs} runs of {len(records)} cells" in restored_server.log.read_text()
     entry = json.loads((clone / "reports" / "results.json").read_text())["cells"]["binary-logits-ce"]
     record = json.loads((clone / "records" / "binary-logits-ce.json").read_text())
     seed_run = record["runs"][0]

@@ -41,11 +41,18 @@ def published_entry(clone: Path) -> dict:
     return json.loads((clone / "reports" / "results.json").read_text())["cells"][CELL]
 
 
-def record(clone: Path, cell: str = CELL) -> dict:
-    """The cell's train record with each run's evaluation (its test number) joined in."""
-    from misfit.core.record import load_joined
+def record(clone: Path, cell: str = CELL):
+    """records/<cell>.json, read by its model (misfit.core.record.TrainRecord)."""
+    from misfit.core.record import load_train_record
 
-    return load_joined(clone / "records", clone / "evaluations", cell)
+    return load_train_record(clone / "records" / f"{cell}.json")
+
+
+def scores(clone: Path, cell: str = CELL) -> dict:
+    """evaluations/<cell>.json's runs (EvaluatedRun) by run id: each run's test number."""
+    from misfit.core.record import load_evaluation
+
+    return {run.run_id: run for run in load_evaluation(clone / "evaluations" / f"{cell}.json").runs}
 
 
 def report_run_ids(clone: Path) -> set[str]:
@@ -74,7 +81,7 @@ def test_audit_a_cell_from_git_alone(clone, env):
     assert config["protocol"] == params["protocol"] and config["data"] == params["data"]
     assert config["seeds"] == params["seeds"]
     assert report["digests"]["cell"] == entry["cell_digest"]
-    assert report["data_identity"]["dataset_sha256"] == rec["data"]["dataset_sha256"]
+    assert report["data_identity"]["dataset_sha256"] == rec.data["dataset_sha256"]
     # the code md5s are the ones data/train_inputs.json lists, and dvc.lock pins that file for the cell
     pinned = json.loads((clone / "data" / "train_inputs.json").read_text())["md5"]
     assert report["code"]["dvc_lock_md5"] == pinned and report["code"]["dep_md5"] == pinned
@@ -96,7 +103,7 @@ def test_audit_a_cell_from_git_alone(clone, env):
     assert any("misfit restore-runs" in command for command in missing["the"])
     assert any(command.startswith(f"dvc pull train@{CELL}") for command in missing[f"models/{CELL}/:"])
     assert [d["kind"] for d in report["disagreements"]] == ["commit"]  # the results were committed later
-    assert report["reproduce"]["commands"][-1] == f"misfit reproduce {rec['runs'][-1]['run_id']}"
+    assert report["reproduce"]["commands"][-1] == f"misfit reproduce {rec.runs[-1].run_id}"
     assert report["reproduce"]["whole_cell"]["commands"][-1] == (
         f"dvc repro --force --single-item train@{CELL} evaluate@{CELL}")
 
@@ -114,23 +121,22 @@ def test_audit_text_says_what_is_here_and_what_is_not(clone, env):
 
 
 def test_audit_a_run_id_and_a_digest_from_the_report(clone, env):
-    entry, rec = published_entry(clone), record(clone)
-    seed_runs = {r["run_id"]: r for r in rec["runs"]}
+    entry, rec, scored = published_entry(clone), record(clone), scores(clone)
+    seed_runs = {r.run_id: r for r in rec.runs}
     for run_id in report_run_ids(clone):
         report = audit_json(clone, env, run_id[:8])
         assert report["cell"] == CELL and report["matched"] == {"by": "run id", "value": run_id}
         assert report["traced_from_git"] is True
         if run_id in seed_runs:
             (row,) = report["metrics"]["seeds"]
-            assert (row["seed"], row["test"], row["run_id"]) == (seed_runs[run_id]["seed"],
-                                                                 seed_runs[run_id]["test"], run_id)
+            assert (row["seed"], row["test"], row["run_id"]) == (seed_runs[run_id].seed, scored[run_id].test, run_id)
     by_digest = audit_json(clone, env, entry["cell_digest"][:12])
     assert by_digest["matched"] == {"by": "cell digest", "value": entry["cell_digest"]}
     assert by_digest["seed"] is None
     assert {row["run_id"] for row in by_digest["metrics"]["seeds"]} == {run["run_id"] for run in entry["runs"]}
-    config_digest = rec["runs"][0]["config_digest"]
+    config_digest = rec.runs[0].config_digest
     by_config = audit_json(clone, env, config_digest)
-    assert (by_config["seed"], by_config["matched"]["by"]) == (rec["runs"][0]["seed"], "config digest")
+    assert (by_config["seed"], by_config["matched"]["by"]) == (rec.runs[0].seed, "config digest")
 
 
 def test_restore_runs_rebuilds_the_store_and_the_audit_finds_a_report_run_in_it(published, tmp_path, env):
@@ -138,7 +144,7 @@ def test_restore_runs_rebuilds_the_store_and_the_audit_finds_a_report_run_in_it(
 
     clone = fresh_clone(published[0], tmp_path / "clone", env)
     records = {cell: record(clone, cell) for cell in PUBLISHED_CELLS}
-    n_runs = sum(1 + len(r["runs"]) for r in records.values())
+    n_runs = sum(1 + len(r.runs) for r in records.values())
     started = time.monotonic()
     done = run(["misfit", "restore-runs"], clone, env)
     seconds = time.monotonic() - started
@@ -147,22 +153,21 @@ def test_restore_runs_rebuilds_the_store_and_the_audit_finds_a_report_run_in_it(
     client = MlflowClient(f"sqlite:///{clone / 'mlruns' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("misfit").experiment_id
     rec = records[CELL]
-    seed = rec["runs"][0]
-    (restored,) = client.search_runs([experiment], f"tags.`misfit.original_run_id` = '{seed['run_id']}'")
+    seed = rec.runs[0]
+    (restored,) = client.search_runs([experiment], f"tags.`misfit.original_run_id` = '{seed.run_id}'")
     tags = restored.data.tags
-    assert tags["misfit.restored"] == "true" and tags["git_commit"] == rec["tags"]["git_commit"]
-    assert tags["cell"] == CELL and tags["seed"] == str(seed["seed"]) and tags["misfit.level"] == "seed"
+    assert tags["misfit.restored"] == "true" and tags["git_commit"] == rec.tags["git_commit"]
+    assert tags["cell"] == CELL and tags["seed"] == str(seed.seed) and tags["misfit.level"] == "seed"
     parent = client.get_run(tags["mlflow.parentRunId"])
-    assert parent.data.tags["misfit.original_run_id"] == rec["parent_run_id"]
-    assert restored.data.params["protocol.lr"] == str(rec["protocol"]["lr"])
-    history = client.get_metric_history(restored.info.run_id, f"valid_{rec['metric']}")
+    assert parent.data.tags["misfit.original_run_id"] == rec.parent_run_id
+    assert restored.data.params["protocol.lr"] == str(rec.protocol["lr"])
+    history = client.get_metric_history(restored.info.run_id, f"valid_{rec.metric}")
     # step 0: before the first update (the record's `initial`), then every epoch
-    assert [(m.step, m.value) for m in history] == [(h["epoch"], h["valid_metric"])
-                                                    for h in [seed["initial"], *seed["history"]]]
-    assert restored.data.metrics[f"test_{rec['metric']}"] == seed["test"]
+    assert [(m.step, m.value) for m in history] == [(h.epoch, h.valid_metric) for h in [seed.initial, *seed.history]]
+    assert restored.data.metrics[f"test_{rec.metric}"] == scores(clone)[seed.run_id].test
     assert "model_summary.txt" in [a.path for a in client.list_artifacts(restored.info.run_id)]
     assert {t.key: t.value for t in restored.inputs.dataset_inputs[0].tags}["sha256"] == \
-        rec["data"]["splits"]["train"]["sha256"]
+        rec.data["splits"]["train"]["sha256"]
     # the report's run ids resolve in the restored store, through their original ids
     for run_id in report_run_ids(clone):
         report = audit_json(clone, env, run_id)

@@ -11,7 +11,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import base_env, free_port, run, synthetic_project
+from conftest import PUBLISHED_CELLS, base_env, copy_of, free_port, run
 
 from misfit.core.errors import TrackingStoreError
 from misfit.track.store import check_store, open_experiment
@@ -19,6 +19,7 @@ from misfit.track.store import check_store, open_experiment
 pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
 
 CELL = "binary-logits-ce"
+assert CELL in PUBLISHED_CELLS
 
 
 def one_error_line(stderr: str) -> str:
@@ -29,17 +30,8 @@ def one_error_line(stderr: str) -> str:
 
 # -- the report stage and a broken record ---------------------------------------------
 
-@pytest.fixture(scope="module")
-def published(tmp_path_factory):
-    """One cell trained and reported, every output committed."""
-    root, env, _ = synthetic_project(tmp_path_factory.mktemp("faults"), [CELL])
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-q", "-m", "results"], root, env)
-    return root, env
-
-
-def test_a_truncated_record_stops_the_report_and_keeps_the_committed_reports(published):
-    root, env = published
+def test_a_truncated_record_stops_the_report_and_keeps_the_committed_reports(published, tmp_path):
+    root, env = copy_of(published, tmp_path / "project")
     path = root / "records" / f"{CELL}.json"
     whole = path.read_text()
     reports = {p: p.read_bytes() for p in (root / "reports").rglob("*") if p.is_file()}

@@ -9,11 +9,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import run, synthetic_project, write_idx
+from conftest import PUBLISHED_CELLS, copy_of, publish_output, run, write_idx
 
 pytestmark = pytest.mark.slow
 
 CELLS = ["regression-none-mse-zscore", "multilabel-logits-bcelogits"]  # a stored target mean/sd; 4 bits
+assert set(CELLS) <= set(PUBLISHED_CELLS)
 
 # loads each model in its own process, scores it on the project's test split as
 # misfit.train.targets.CellTargets.per_sample_score does, and prints the scores
@@ -38,9 +39,10 @@ print(json.dumps(scores))
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    root, env, done = synthetic_project(tmp_path_factory.mktemp("models"), CELLS)
-    return root, env, done.stdout
+def project(published, tmp_path_factory):
+    """A copy of the session's published study (conftest): a test here re-evaluates a cell."""
+    root, env = copy_of(published, tmp_path_factory.mktemp("models") / "project")
+    return root, env, publish_output(published)
 
 
 def store(root) -> str:
@@ -136,8 +138,9 @@ def test_restore_runs_into_a_fresh_store_attaches_the_models(project, tmp_path):
     fresh = f"sqlite:///{tmp_path / 'fresh.db'}"
     restored_env = {**env, "MLFLOW_TRACKING_URI": fresh}
     done = run(["misfit", "restore-runs"], root, restored_env)
-    assert "6 checkpoint(s) attached" in done.stdout and "6 of them as MLflow Models" in done.stdout
-    assert "2 cell(s) with misfit-<cell>@best" in done.stdout
+    n_runs, n_cells = 3 * len(PUBLISHED_CELLS), len(PUBLISHED_CELLS)  # 3 runs a cell (test above)
+    assert f"{n_runs} checkpoint(s) attached" in done.stdout and f"{n_runs} of them as MLflow Models" in done.stdout
+    assert f"{n_cells} cell(s) with misfit-<cell>@best" in done.stdout
     client = MlflowClient(fresh)
     images = str(root / "data" / "test" / "test.npz")
     for cell in CELLS:

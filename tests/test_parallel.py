@@ -129,6 +129,25 @@ def worker_of(pid: int, workers: dict[str, subprocess.Popen]) -> str | None:
     return next((name for name, process in workers.items() if process.pid in ancestors), None)
 
 
+def command_of(process: psutil.Process) -> str:
+    """A process as its command line, with a `python -c` script elided."""
+    args = process.cmdline()
+    if args[1:2] == ["-c"]:
+        args = [args[0], "-c", "<script>", *args[3:]]
+    return " ".join([Path(args[0]).name, *args[1:]])
+
+
+def chain_below(pid: int, top: int) -> list[str]:
+    """The processes from below `top` down to `pid` (from below init where `top` is no ancestor)."""
+    process = psutil.Process(pid)
+    chain = [process]
+    for parent in process.parents():
+        if parent.pid == top or parent.pid == 1:
+            break
+        chain.append(parent)
+    return [command_of(p) for p in reversed(chain)]
+
+
 def kill_a_worker_mid_cell(uri: str, workers: dict[str, subprocess.Popen], finished: threading.Event,
                            found: dict) -> None:
     """SIGKILL the worker under the first cell that has trained an epoch, and say which."""
@@ -142,7 +161,11 @@ def kill_a_worker_mid_cell(uri: str, workers: dict[str, subprocess.Popen], finis
             if run.data.tags.get("misfit.level") == "seed" and "train_loss" in run.data.metrics:  # epoch 1 is in
                 name = worker_of(int(run.data.tags["misfit.pid"]), workers)
                 if name:
-                    found.update(worker=name, cell=run.data.tags["cell"], stage_pid=int(run.data.tags["misfit.pid"]))
+                    stage_pid, training_pid = int(run.data.tags["misfit.pid"]), run.data.tags.get("misfit.worker_pid")
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        found.update(stage_chain=chain_below(stage_pid, workers[name].pid), training_chain=(
+                            chain_below(int(training_pid), workers[name].pid) if training_pid else ["the stage itself"]))
+                    found.update(worker=name, cell=run.data.tags["cell"], stage_pid=stage_pid)
                     os.kill(workers[name].pid, signal.SIGKILL)
                     return
         time.sleep(0.25)  # a tiny cell trains for a few seconds: look often
@@ -194,13 +217,26 @@ def cluster_run(tmp_path_factory, tracking_server):
                 uri=tracking_server, cluster=cluster)
 
 
-def test_report_wall_times(cluster_run, capsys):
+def test_report_wall_times(cluster_run, figure):
     summary = [line for line in cluster_run["output"].stdout.splitlines()
                if line.startswith("misfit run: ") and " with the report" in line]
-    with capsys.disabled():
-        print(f"\n[{len(CELLS)} cells x {len(SEEDS)} seeds, 2 cores shared] misfit run on a loopback "
-              f"scheduler + 2 workers, one SIGKILLed mid-cell: {cluster_run['cluster_seconds']:.1f} s "
-              f"({'; '.join(summary)}); sequential dvc repro: {cluster_run['sequential_seconds']:.1f} s")
+    figure(f"[{len(CELLS)} cells x {len(SEEDS)} seeds, 2 cores shared with the suite] misfit run on a loopback "
+           f"scheduler + 2 workers, one SIGKILLed mid-cell: {cluster_run['cluster_seconds']:.1f} s "
+           f"({'; '.join(summary)}); sequential dvc repro: {cluster_run['sequential_seconds']:.1f} s")
+
+
+def test_one_process_between_the_dask_worker_and_the_stage(cluster_run, figure):
+    """The guard runs DVC in itself: worker -> guard (DVC) [-> shell] -> stages/train.py."""
+    killed = cluster_run["killed"]
+    assert killed.get("stage_chain"), f"the stage ended before its processes were seen: {killed}"
+    chain, training = killed["stage_chain"], killed["training_chain"]
+    figure(f"process chain under a Dask worker: {' -> '.join(chain)} ({len(chain)} below the worker); "
+           f"the runs train in: {' -> '.join(training)} ({len(training)} below)")
+    guard, stage = chain[0], chain[-1]
+    assert guard.startswith("python") and "<script>" in guard and " dvc repro " in guard, chain
+    assert "stages/train.py" in stage, chain
+    assert not any(command.split()[0] == "dvc" for command in chain), f"a separate DVC process: {chain}"
+    assert len(chain) <= 3, chain  # guard, at most a shell DVC starts the command with, the stage
 
 
 def test_the_killed_workers_cell_ran_again_on_the_other_worker(cluster_run):
@@ -485,3 +521,17 @@ def test_sigterm_stops_the_local_cluster_and_the_runs_end_killed(tmp_path):
     members = load_params(project).members_of(CELLS[0])
     assert [r.info.status for r in runs] == ["KILLED"] * (1 + len(members))  # the cell's run and each child
     assert not alive(int(runs[0].data.tags["misfit.pid"]))
+
+
+def test_a_setup_error_is_known_by_its_type_and_stops_the_other_cells(tmp_path):
+    """A failed clone would fail every cell the same way: the first SetupError (the class
+    the worker raised, back through cloudpickle as the client's own) cancels the rest."""
+    from misfit.run.parallel import collect, dask_client, submit_cells
+
+    cells = {"regression-none-mse-zscore": ["train@regression-none-mse-zscore"],
+             "binary-softmax-ce": ["train@binary-softmax-ce"]}
+    with dask_client(None, 1, 30) as client:
+        futures = submit_cells(client, cells, str(tmp_path / "no-repository"), "0" * 40, {}, None, False, "setup")
+        done, failed = collect(client, futures)
+    assert not done and len(failed) == 1, failed
+    assert failed[0]["error"].startswith("SetupError: git clone"), failed

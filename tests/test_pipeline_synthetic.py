@@ -67,6 +67,10 @@ def test_report_shows_numbers_and_the_failure(repro):
     for cell in CELLS:
         assert f"`{cell}`" in report
     assert "**failed**" in report and "nn.BCELoss rejected" in report
+    # findings first: the first section after the title and the setup paragraph
+    assert [line for line in report.splitlines() if line.startswith("## ")][0] == "## Findings"
+    # each table compares its cells with its ✅ reference over every draw, in a column of its own
+    assert "| the reference |" in report
 
 
 def test_second_repro_runs_nothing(repro):

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 import pytest
+from conftest import report_run
 
-from misfit.report.findings import Cell, Run
+from misfit.report.cells import Cell
 from misfit.report.modes import DEAD_RELU, FAILED, LEARNED, Outcome
 from misfit.report.plot_data import bar_rows, curve_rows
 
 
-def run(seed: int, mode: str, test: float | None, curve: list[float]) -> Run:
+def run(seed: int, mode: str, test: float | None, curve: list[float]):
     history = [{"epoch": epoch, "valid_metric": value} for epoch, value in enumerate(curve, start=1)]
-    return Run(seed, 0, {"test": test, "history": history}, Outcome(mode, ""))
+    return report_run(seed, 0, test, Outcome(mode, ""), history=history)
 
 
 @pytest.fixture

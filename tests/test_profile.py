@@ -4,7 +4,6 @@ byte as it was, and its MLflow runs go to their own experiment."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import sqlite3
 import sys
@@ -12,14 +11,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, run, synthetic_project
+from conftest import PUBLISHED_CELLS, REPO, copy_of, run, tracked_bytes
 
-from misfit.run.profile import (EXP_SHOW_ARGS, Profile, ProfileError, apply_overrides, check_params,
-                                load_profile, set_args)
-
-CELL = "binary-softmax-ce"
-TINY = {"description": "one epoch, seed 0, main draw", "set": {"protocol.max_epochs": 1, "seeds": [0],
-                                                               "draws.subset_seeds": []}}
+from misfit.run.profile import (
+    EXP_SHOW_ARGS,
+    Profile,
+    ProfileError,
+    apply_overrides,
+    check_params,
+    load_profile,
+    set_args,
+)
 
 
 def test_smoke_profile_is_the_readme_overrides_and_valid():
@@ -43,14 +45,6 @@ def test_a_bad_profile_stops_before_dvc(tmp_path):
         apply_overrides({"cells": {}}, Profile("typo", "", {}, ("cells.x",)), "misfit-typo")
 
 
-def tracked_bytes(root: Path) -> dict[str, str]:
-    """SHA-256 of every git-tracked file and of every file of the DVC outputs present."""
-    files = run(["git", "ls-files", "-z"], root).stdout.split("\0")
-    outputs = [str(p.relative_to(root)) for d in ("data", "models", "predictions") if (root / d).is_dir()
-               for p in (root / d).rglob("*") if p.is_file()]
-    return {name: hashlib.sha256((root / name).read_bytes()).hexdigest() for name in {*files, *outputs} if name}
-
-
 def runs_by_experiment(root: Path) -> dict[str, int]:
     with sqlite3.connect(root / "mlruns" / "mlflow.db") as db:
         rows = db.execute("select e.name, count(r.run_uuid) from experiments e "
@@ -59,12 +53,8 @@ def runs_by_experiment(root: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-def test_profile_leaves_the_study_untouched_and_logs_apart(tmp_path):
-    root, env, _ = synthetic_project(tmp_path, [CELL])
-    (root / "profiles").mkdir()
-    (root / "profiles" / "tiny.yaml").write_text(yaml.safe_dump(TINY, sort_keys=False))
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-q", "-m", "the study, published"], root, env)
+def test_profile_leaves_the_study_untouched_and_logs_apart(published, tmp_path):
+    root, env = copy_of(published, tmp_path / "project")  # the study and its profiles/tiny.yaml
     before, study_runs = tracked_bytes(root), runs_by_experiment(root)["misfit"]
 
     done = run([sys.executable, "-m", "misfit.cli", "profile", "tiny"], root, env)
@@ -72,7 +62,8 @@ def test_profile_leaves_the_study_untouched_and_logs_apart(tmp_path):
     assert run(["git", "status", "--porcelain"], root, env).stdout == ""
     assert tracked_bytes(root) == before
     runs = runs_by_experiment(root)
-    assert runs["misfit"] == study_runs and runs["misfit-tiny"] >= 2  # the cell's parent and its run
+    assert runs["misfit"] == study_runs
+    assert runs["misfit-tiny"] == 2 * len(PUBLISHED_CELLS)  # each cell's parent and its one run
     name = next(line.split("'")[1] for line in done.stdout.splitlines() if "DVC experiment" in line)
     assert name.startswith("tiny-") and "experiment 'misfit-tiny'" in done.stdout
 

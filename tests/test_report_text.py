@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from misfit.report.document import _detail_groups
+from misfit.report.tables import _detail_groups
 
 
 def test_constants_that_differ_in_a_measured_number_group_with_their_range():
@@ -18,19 +18,28 @@ def test_whole_numbers_are_categories_and_groups_count_their_runs():
         "2× dead at initialisation", "1× died in epoch 2"]
 
 
-def test_a_collapse_to_the_minority_answer_is_named_as_such():
-    from misfit.report.document import constant_answer_lines
-    from misfit.report.findings import Baseline, Cell, Run
-    from misfit.report.modes import CONSTANT, LEARNED, Outcome
+def test_a_detail_with_braces_is_text_not_a_format_string():
+    # a multilabel constant answer (misfit.report.modes.describe_answer); it stopped the report
+    assert _detail_groups(["labels {curved}", "labels {curved}", "labels {even, prime}"]) == [
+        "2× labels {curved}", "1× labels {even, prime}"]
+    assert _detail_groups(["labels {curved} at 0.25", "labels {curved} at 0.75"]) == ["labels {curved} at 0.25 to 0.75"]
 
-    runs = [Run(seed, 0, {"test": 0.4931}, Outcome(CONSTANT, "always 1 = curved")) for seed in range(4)]
-    runs.append(Run(4, 0, {"test": 0.97}, Outcome(LEARNED, "")))
+
+def test_a_collapse_to_the_minority_answer_is_named_as_such():
+    from conftest import report_run
+
+    from misfit.report.cells import Baseline, Cell
+    from misfit.report.modes import CONSTANT, LEARNED, Outcome
+    from misfit.report.tables import constant_answer_lines
+
+    runs = [report_run(seed, 0, 0.4931, Outcome(CONSTANT, "always 1 = curved")) for seed in range(4)]
+    runs.append(report_run(4, 0, 0.97, Outcome(LEARNED, "")))
     cell = Cell("probability-softmax-ce", "probability", "accuracy", "softmax", {}, runs, [])
     (line,) = constant_answer_lines(cell, Baseline(0.5069, "always answering the majority answer"))
     assert "4/5 runs answer always 1 = curved" in line and "49.31% on test" in line
     assert "1.38 points less than the best constant answer: not the majority answer" in line
     majority = Cell("binary-softmax-ce", "binary", "accuracy", "softmax", {},
-                    [Run(0, 0, {"test": 0.5069}, Outcome(CONSTANT, "class 0 (not curved)"))], [])
+                    [report_run(0, 0, 0.5069, Outcome(CONSTANT, "class 0 (not curved)"))], [])
     (line,) = constant_answer_lines(majority, Baseline(0.5069, "always answering the majority class"))
     assert "as much as the best constant answer" in line
 
@@ -45,8 +54,8 @@ def test_the_published_report_does_not_depend_on_the_hash_seed(published, tmp_pa
     import sys
 
     project = published[0]
-    for name in ("src", "stages", "records", "evaluations", "metrics", "reference", "params.yaml",
-                 "data/label_summary.json"):
+    for name in ("src", "stages", "records", "evaluations", "metrics", "predictions", "reference", "params.yaml",
+                 "data/label_summary.json", "data/test_labels.npz"):
         source, target = project / name, tmp_path / name
         target.parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
@@ -57,3 +66,18 @@ def test_the_published_report_does_not_depend_on_the_hash_seed(published, tmp_pa
         assert done.returncode == 0, done.stderr
         texts.add((tmp_path / "reports" / "report.md").read_text())
     assert len(texts) == 1
+
+
+def test_relu_cells_that_lose_the_same_seeds_at_initialisation_are_one_draw_of_the_lottery():
+    from misfit.report.sections import shared_deaths_lines
+
+    def results(raw: list[int], zscore: list[int]) -> dict:
+        return {"cells": {"regression-relu-mse-raw": {"relu": {"dead_at_init_seeds": raw}},
+                          "regression-relu-mse-zscore": {"relu": {"dead_at_init_seeds": zscore}}}}
+
+    (_, same), = [shared_deaths_lines(results([0, 2, 3], [0, 2, 3]))]
+    assert "the same 3 seeds" in same and "not two" in same
+    (_, some), = [shared_deaths_lines(results([0, 2, 3], [2, 3, 5, 7]))]
+    assert "share 2 of their deaths" in some and "[2, 3]" in some and "3 in `regression-relu-mse-raw`" in some
+    assert shared_deaths_lines(results([], [])) == []
+    assert shared_deaths_lines({"cells": {"regression-relu-mse-raw": {"relu": {"dead_at_init_seeds": [1]}}}}) == []

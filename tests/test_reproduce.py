@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import PUBLISHED_CELLS, run
+from conftest import PUBLISHED_CELLS, copy_of, run
 
 pytestmark = pytest.mark.slow  # real DVC / MLflow / processes: the full tier (README, Tests)
 
@@ -22,10 +22,7 @@ PUBLISHED_OUTPUTS = ("models", "records", "evaluations", "metrics", "predictions
 
 @pytest.fixture
 def project(published, tmp_path):
-    root, env = published
-    copy = tmp_path / "project"
-    shutil.copytree(root, copy)
-    return copy, env
+    return copy_of(published, tmp_path / "project")
 
 
 def record(root: Path) -> dict:

@@ -35,3 +35,10 @@ def test_forced_offline_download_fails_in_one_line_and_keeps_data_raw(tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "could not download MNIST" in errors[0] and "MNIST_MIRROR" in errors[0], done.stderr
     assert raw_bytes(root) == before
+
+
+def test_the_audit_prints_an_accuracy_exactly_and_as_the_report_does():
+    from misfit.audit.render import _num
+
+    assert _num(0.9703333333333334, "accuracy") == "0.9703333333333334 (97.03%)"
+    assert _num(0.0586, "mse") == "0.0586" and _num(None, "accuracy") == "-"

@@ -14,8 +14,9 @@ files disagree with each other or with the working tree.
 
 Read-only: the store is opened only when it exists, and nothing is written to it.
 
-Modules: sources (the files) and store (MLflow) read; resolve finds what the query
-names; checks compare; build assembles the Facts (facts); render prints them.
+Modules: sources (the files) and store (MLflow) read, either into the typed cell of
+`cell`; resolve finds what the query names; checks compare; build assembles the Facts
+(facts); render prints them.
 """
 from __future__ import annotations
 

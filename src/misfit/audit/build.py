@@ -6,7 +6,8 @@ import os
 import shlex
 import statistics
 
-from misfit.audit import checks
+from misfit.audit import checks, history
+from misfit.audit.cell import AuditedCell, AuditedRun
 from misfit.audit.checks import Audit, prefixed
 from misfit.audit.facts import ABSENT, Facts, Match, SeedRun
 from misfit.audit.resolve import Subject
@@ -27,32 +28,40 @@ def summarize(values: list) -> dict:
             "median": statistics.median(finite), "min": min(finite), "max": max(finite), "n": len(finite)}
 
 
-def main_draw(record: dict) -> int | None:
-    return (record["data"].get("config") or {}).get("subset_seed")
+def rescored(run: AuditedRun, from_store: bool) -> dict | None:
+    """evaluate@'s re-scoring as the audit shows it: valid_best, test, matches_record (all None for a
+    run not re-scored) and calibration; None for a run from the store, which holds no re-scoring."""
+    if from_store:
+        return None
+    scored = run.evaluated
+    if scored is None:
+        return {"valid_best": None, "test": None, "matches_record": None}
+    return {"valid_best": scored.valid, "test": scored.test, "matches_record": scored.matches_record,
+            "calibration": scored.calibration.model_dump() if scored.calibration else None}
 
 
-def seed_run(run: dict, checkpoint_states: dict[str, str]) -> SeedRun:
+def seed_run(run: AuditedRun, checkpoint_states: dict[str, str], from_store: bool) -> SeedRun:
     return SeedRun(
-        seed=run["seed"], subset_seed=run.get("subset_seed"), status=run["status"], error=run.get("error"),
-        valid_best=run.get("valid_best"), test=run.get("test"), best_epoch=run.get("best_epoch"),
-        epochs_run=run.get("epochs_run"), run_id=run["run_id"], config_digest=run.get("config_digest"),
-        checkpoint=run.get("checkpoint"), rescored=run.get("evaluated"),
-        checkpoint_sha256=run.get("checkpoint_sha256"), checkpoint_check=checkpoint_states.get(run.get("checkpoint")))
+        seed=run.seed, subset_seed=run.subset_seed, status=run.status, error=run.error,
+        valid_best=run.valid_best, test=run.test, best_epoch=run.best_epoch,
+        epochs_run=run.epochs_run, run_id=run.run_id, config_digest=run.config_digest,
+        checkpoint=run.checkpoint, rescored=rescored(run, from_store),
+        checkpoint_sha256=run.checkpoint_sha256, checkpoint_check=checkpoint_states.get(run.checkpoint))
 
 
 def build(project: Project, store: Store, query: str, subject: Subject) -> Facts:
     record = subject.record
     audit = Audit(project, store, subject.cell, subject.seed, record, subject.from_store)
     # the runs of the audited number: one seed, or all; every data draw the record holds
-    runs = [r for r in record["runs"] if subject.seed in (None, r["seed"])
-            and subject.subset_seed in (None, r.get("subset_seed", main_draw(record)))]
-    main = [r for r in record["runs"] if r.get("subset_seed") in (None, main_draw(record))]
-    summary = {key: summarize([r.get(key) for r in main if r.get("status") == "ok"])
+    runs = [r for r in record.runs if subject.seed in (None, r.seed)
+            and subject.subset_seed in (None, r.subset_seed)]
+    main = [r for r in record.runs if r.subset_seed in (None, record.main_draw)]
+    summary = {key: summarize([getattr(r, key) for r in main if r.status == "ok"])
                for key in ("valid_best", "test", "best_epoch")}
 
-    traced = checks.check_record_source(audit)
-    checks.check_commit(audit)
-    params = checks.check_params(audit)
+    traced = history.check_record_source(audit)
+    history.check_commit(audit)
+    params = history.check_params(audit)
     dataset_source = checks.check_data(audit)
     checkpoint_states = checks.check_checkpoints(audit, runs)
     published = checks.check_metrics_file(audit, summary)
@@ -60,25 +69,26 @@ def build(project: Project, store: Store, query: str, subject: Subject) -> Facts
     checks.check_runs(audit)
     checks.check_lock_and_code(audit)
 
-    tags, metric = audit.tags, record["metric"]
-    experiment = record.get("experiment")
+    tags, metric = audit.tags, record.metric
+    experiment = record.experiment
     return Facts(
         query=query, matched=Match(subject.matched_by, subject.matched), cell=subject.cell,
         seed=subject.seed, draw=subject.subset_seed,
-        source=(f"MLflow run {record['parent_run_id']}" if subject.from_store else str(record_path(subject.cell))),
+        source=(f"MLflow run {record.parent_run_id}" if subject.from_store else str(record_path(subject.cell))),
         traced_from_git=traced,
-        configuration={"cell": record["cell"], "protocol": record["protocol"],
-                       "data": record["data"].get("config", {}), "seeds": record["seeds"],
+        configuration={"cell": record.cell, "protocol": record.protocol,
+                       "data": record.data.get("config", {}), "seeds": record.seeds,
                        "seed": subject.seed, "experiment": experiment},
-        digests={"cell": record["cell_digest"], "config": {str(r["seed"]): r.get("config_digest") for r in runs
-                                                           if r.get("subset_seed") in (None, main_draw(record))}},
-        data_identity={"dataset_sha256": record["data"].get("dataset_sha256"),
-                       "splits": record["data"].get("splits", {}), "draws": record.get("draws") or {}},
+        digests={"cell": record.cell_digest, "config": {str(r.seed): r.config_digest for r in runs
+                                                        if r.subset_seed in (None, record.main_draw)}},
+        data_identity={"dataset_sha256": record.data.get("dataset_sha256"),
+                       "splits": record.data.get("splits", {}), "draws": record.draws},
         code={"git_commit": tags.get("git_commit"), "git_dirty": tags.get("git_dirty"),
               "dep_md5": prefixed(tags, "dep.md5."), "dvc_lock_md5": checks.pinned_code(audit),
               "versions": prefixed(tags, "version."), "device": tags.get("device"), "threads": tags.get("threads")},
         metrics={"metric": metric, "better": "higher" if metric == "accuracy" else "lower",
-                 "main_draw": main_draw(record), "seeds": [seed_run(r, checkpoint_states) for r in runs],
+                 "main_draw": record.main_draw,
+                 "seeds": [seed_run(r, checkpoint_states, subject.from_store) for r in runs],
                  "summary": summary,
                  "published": published, "report": report},
         mlflow=mlflow_section(audit, experiment, params, runs),
@@ -87,14 +97,14 @@ def build(project: Project, store: Store, query: str, subject: Subject) -> Facts
     )
 
 
-def mlflow_section(audit: Audit, experiment: str | None, params, runs: list[dict]) -> dict:
+def mlflow_section(audit: Audit, experiment: str | None, params, runs: list[AuditedRun]) -> dict:
     record, store = audit.record, audit.store
     section = {"tracking_uri": store.uri, "store": "here" if store.available else store.problem,
-               "experiment": experiment, "experiment_id": None, "parent_run_id": record["parent_run_id"],
-               "seed_run_ids": {_seed_key(r, record): r["run_id"] for r in runs}, "restored": {}}
+               "experiment": experiment, "experiment_id": None, "parent_run_id": record.parent_run_id,
+               "seed_run_ids": {_seed_key(r, record): r.run_id for r in runs}, "restored": {}}
     if not store.available:
         return section
-    parent, _ = audit.run_states.get(record["parent_run_id"]) or store.run(record["parent_run_id"])
+    parent, _ = audit.run_states.get(record.parent_run_id) or store.run(record.parent_run_id)
     if parent is not None:
         section["experiment_id"] = parent.info.experiment_id
     elif experiment:
@@ -105,19 +115,19 @@ def mlflow_section(audit: Audit, experiment: str | None, params, runs: list[dict
                            if state == "restored"}
     base = params.tracking.ui_base_url if params is not None else None
     if base and section["experiment_id"] is not None:
-        ids = [record["parent_run_id"], *section["seed_run_ids"].values()]
+        ids = [record.parent_run_id, *section["seed_run_ids"].values()]
         section["links"] = {rid: f"{base.rstrip('/')}/#/experiments/{section['experiment_id']}/runs/"
                                  f"{section['restored'].get(rid, rid)}" for rid in ids}
     return section
 
 
-def _seed_key(run: dict, record: dict) -> str:
+def _seed_key(run: AuditedRun, record: AuditedCell) -> str:
     """"<seed>" for the main draw; "draw <d> seed <seed>" for a further one."""
-    draw = run.get("subset_seed")
-    return str(run["seed"]) if draw in (None, main_draw(record)) else f"draw {draw} seed {run['seed']}"
+    draw = run.subset_seed
+    return str(run.seed) if draw in (None, record.main_draw) else f"draw {draw} seed {run.seed}"
 
 
-def reproduce(audit: Audit, runs: list[dict], dataset_source: str | None) -> dict:
+def reproduce(audit: Audit, runs: list[AuditedRun], dataset_source: str | None) -> dict:
     """How to make the numbers again: `misfit reproduce <run id>` per run (one run trains in about
     a minute, in a scratch directory, and is compared number for number with the record), and the
     whole cell retrained through DVC at the run's commit."""
@@ -133,10 +143,10 @@ def reproduce(audit: Audit, runs: list[dict], dataset_source: str | None) -> dic
                            "the difference; the whole-cell commands check out the run's commit instead")
     commands = [_export(env),
                 "dvc repro label-derive   # the run's data (data/split, data/labels, data/test); or dvc pull them",
-                *(f"misfit reproduce {run['run_id']}" for run in runs)]
+                *(f"misfit reproduce {run.run_id}" for run in runs)]
     return {"env": env, "commands": commands, "whole_cell": {"commands": _whole_cell(audit, env)},
             "expect": {"file": str(EVALUATIONS_DIR / f"{audit.cell}.json"), "field": "runs[].test",
-                       "test": {_seed_key(r, audit.record): r.get("test") for r in runs}}}
+                       "test": {_seed_key(r, audit.record): r.test for r in runs}}}
 
 
 def _reproduce_env(audit: Audit, dataset_source: str | None) -> dict[str, str]:
@@ -151,7 +161,7 @@ def _reproduce_env(audit: Audit, dataset_source: str | None) -> dict[str, str]:
     elif os.environ.get(ENV_MANIFEST):
         env[ENV_MANIFEST] = os.environ[ENV_MANIFEST]
     threads = str(audit.tags.get("threads", ""))
-    if not audit.record["protocol"].get("threads") and threads.isdigit():
+    if not audit.record.protocol.get("threads") and threads.isdigit():
         # protocol.threads 0 takes torch's default, the core count: fix it to what the run had
         env["OMP_NUM_THREADS"] = threads
     return env
@@ -169,7 +179,7 @@ def _whole_cell(audit: Audit, env: dict[str, str]) -> list[str]:
     commands = [f"git checkout {commit}" if commit != "unknown"
                 else "# no commit recorded: check out the code whose md5s are listed above",
                 _export({**env, "MISFIT_RETRAIN": "1"})]
-    restore = checks.params_at_commit(audit, commit) if commit != "unknown" else []
+    restore = history.params_at_commit(audit, commit) if commit != "unknown" else []
     if restore:
         # dvc exp run -S writes the run's values into params.yaml before anything runs, so
         # split and labels follow them too; --force reruns what DVC would skip

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from misfit.audit.cell import AuditedCell, AuditedRun
 from misfit.audit.facts import ABSENT, CHECKPOINT_KIND, Disagreement, Missing
 from misfit.audit.sources import (
     LOCK_FILE,
@@ -20,7 +21,7 @@ from misfit.audit.sources import (
 )
 from misfit.audit.store import Store
 from misfit.core.files import read_json, sha256_file
-from misfit.core.layout import METRICS_DIR, MODELS_DIR, PARAMS_FILE, SPLIT_DIR
+from misfit.core.layout import METRICS_DIR, MODELS_DIR, SPLIT_DIR
 
 # the metrics file summarises the re-scored checkpoints, the record the training run's own
 # scores: they agree to this (the tolerance the re-scoring itself is checked with)
@@ -35,7 +36,7 @@ class Audit:
     store: Store
     cell: str
     seed: int | None
-    record: dict
+    record: AuditedCell
     from_store: bool
     disagreements: list[Disagreement] = field(default_factory=list)
     missing: list[Missing] = field(default_factory=list)
@@ -49,7 +50,7 @@ class Audit:
 
     @property
     def tags(self) -> dict:
-        return self.record.get("tags") or {}
+        return self.record.tags
 
     @property
     def record_name(self) -> str:
@@ -63,147 +64,12 @@ class Audit:
             self.referenced.setdefault(run_id, set()).add(where)
 
 
-# -- git -------------------------------------------------------------------------------
-
-def check_record_source(audit: Audit) -> bool:
-    """Whether the record is the one git holds: True when the audit is traced from git alone."""
-    path = record_path(audit.cell)
-    if audit.from_store:
-        on_disk = audit.root / path
-        audit.disagree("record", f"{path} does not name this run"
-                       + (" (the file is absent)" if not on_disk.exists() else
-                          ": the cell's record in git comes from another train run")
-                       + "; the values below come from the MLflow store")
-        return False
-    if not audit.project.committed_unchanged(path):
-        audit.notes.append(f"{path} is not committed as it is here (new, or changed since HEAD): "
-                           "the audit reads the working copy")
-        return False
-    return True
-
-
-def check_commit(audit: Audit) -> None:
-    commit, project = audit.tags.get("git_commit", "unknown"), audit.project
-    if commit == "unknown":
-        audit.disagree("commit", "the run recorded no git commit: the code version rests on the dep md5s alone")
-    elif not project.has_commit(commit):
-        audit.disagree("commit", f"the run's commit {commit} is not in this repository "
-                       "(fetch it from where the run was made)", recorded=commit, head=project.head)
-    elif project.head != commit:
-        changed = train_files_changed_since(project, commit)
-        since = ("; of the files the train stage depends on, none changed between them" if changed == [] else
-                 f"; the train stage's files changed between them: {', '.join(changed)}" if changed else "")
-        audit.disagree("commit", f"the run was made at commit {commit[:12]}, HEAD is "
-                       f"{(project.head or 'unknown')[:12]}{since}", recorded=commit, head=project.head,
-                       train_files_changed=changed)
-    if audit.tags.get("git_dirty") == "true":
-        # a dvc.lock or records file that the running `dvc repro` rewrote counts as well
-        audit.disagree("dirty", "the run was made from a tree with uncommitted changes to tracked files "
-                       "(dvc.lock rewritten by the same `dvc repro` counts too): the commit alone may not "
-                       "hold its code; the dep md5s say what ran")
-
-
-def train_files_changed_since(project: Project, commit: str) -> list[str] | None:
-    """The train stage's file deps that differ between `commit` and HEAD (None: unknown)."""
-    from misfit.audit.sources import git
-    from misfit.core.provenance import train_code_files
-
-    try:
-        paths = train_code_files(project.root)
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return None
-    diff = git(project.root, "diff", "--name-only", commit, "HEAD", "--", *paths)
-    if diff is None or diff.returncode != 0:
-        return None
-    return diff.stdout.split()
-
-
-# -- params.yaml -------------------------------------------------------------------------
-
-def _flat_diff(prefix: str, recorded: dict, current: dict) -> list[dict]:
-    differing = []
-    for key in [*recorded, *(k for k in current if k not in recorded)]:
-        was, now = recorded.get(key, ABSENT), current.get(key, ABSENT)
-        if was != now:
-            differing.append({"field": f"{prefix}.{key}", "recorded": was, "current": now})
-    return differing
-
-
-def params_diff(audit: Audit, params) -> list[dict]:
-    """The fields of `params` (validated) that differ from what the run recorded."""
-    return record_params_diff(audit.record, audit.cell, params)
-
-
-def record_params_diff(record: dict, cell: str, params) -> list[dict]:
-    """The fields of `params` that differ from what `record` (a cell's record) holds; also
-    what `misfit reproduce` names when it trains with params.yaml."""
-    differing = []
-    if cell not in params.cells:
-        differing.append({"field": f"cells.{cell}", "recorded": record["cell"], "current": ABSENT})
-        seeds = params.seeds  # what the cell would get back, without seeds of its own
-    else:
-        differing += _flat_diff(f"cells.{cell}", record["cell"], params.cells[cell].model_dump())
-        seeds = params.seeds_of(cell)
-    differing += _flat_diff("protocol", record["protocol"], params.protocol.model_dump())
-    differing += _flat_diff("data", record["data"].get("config", {}), params.data.model_dump())
-    if record["seeds"] != seeds:
-        differing.append({"field": "seeds", "recorded": record["seeds"], "current": seeds})
-    experiment = record.get("experiment")
-    if experiment and experiment != params.tracking.experiment:
-        differing.append({"field": "tracking.experiment", "recorded": experiment,
-                          "current": params.tracking.experiment})
-    return differing
-
-
-def listing(differing: list[dict], where: str = "params.yaml") -> str:
-    return "; ".join(f"{d['field']}: recorded {d['recorded']!r}, {where} {d['current']!r}" for d in differing)
-
-
-def check_params(audit: Audit):
-    """params.yaml against the record; returns the validated params (None if unreadable)."""
-    from misfit.core.config import ConfigError, load_params
-
-    try:
-        params = load_params(audit.root / PARAMS_FILE)
-    except ConfigError as error:
-        audit.disagree("params", f"params.yaml cannot be read as this project's parameters: {error}")
-        return None
-    differing = params_diff(audit, params)
-    if differing:
-        audit.disagree("params", "params.yaml differs from what the run recorded: " + listing(differing),
-                       fields=differing)
-    return params
-
-
-def params_at_commit(audit: Audit, commit: str) -> list[dict]:
-    """What params.yaml at the run's commit would change: a dirty tree's run had other values."""
-    from misfit.audit.sources import git
-    from misfit.core.config import ConfigError, parse_params
-
-    shown = git(audit.root, "show", f"{commit}:{PARAMS_FILE}")
-    if shown is None or shown.returncode != 0:
-        return []
-    source = Path(f"{commit[:12]}:{PARAMS_FILE}")
-    try:
-        params = parse_params(yaml.safe_load(shown.stdout), source)
-    except (ConfigError, yaml.YAMLError) as error:
-        audit.notes.append(f"{source} cannot be read as this project's parameters ({error}); "
-                           "the commands below assume it holds the run's values")
-        return []
-    differing = params_diff(audit, params)
-    if differing:
-        audit.disagree("params_at_commit", f"{source} holds other values than the run used (its tree "
-                       "was dirty): " + listing(differing, "there") + "; the commands below set the run's values",
-                       fields=differing)
-    return differing
-
-
 # -- data, checkpoints: DVC outputs, absent from a fresh clone ----------------------------
 
 def check_data(audit: Audit) -> str | None:
     """data/split against the record's data identity; returns the dataset source it names."""
     current = audit.project.split_manifest
-    recorded = audit.record["data"]
+    recorded = audit.record.data
     if current is None:
         audit.missing.append(Missing(
             f"{SPLIT_DIR}/ (the images the runs trained on)",
@@ -228,13 +94,13 @@ def check_data(audit: Audit) -> str | None:
 VERIFIED, DIFFERS, ABSENT_FILE, UNHASHED = "verified", "differs", "absent", "no hash recorded"
 
 
-def check_checkpoints(audit: Audit, runs: list[dict]) -> dict[str, str]:
+def check_checkpoints(audit: Audit, runs: list[AuditedRun]) -> dict[str, str]:
     """Each checkpoint the runs name: one present is hashed and compared with the SHA-256 the
     record holds (a file that differs is a disagreement: the audit must not vouch for a file it
     never read); one absent is listed as missing, with how to get it.
 
     Returns {checkpoint file name: VERIFIED | DIFFERS | ABSENT_FILE | UNHASHED}."""
-    states = {run["checkpoint"]: _checkpoint_state(audit, run) for run in runs if run.get("checkpoint")}
+    states = {run.checkpoint: _checkpoint_state(audit, run) for run in runs if run.checkpoint}
     unhashed = [name for name, state in states.items() if state == UNHASHED]
     if unhashed:
         # records older than checkpoint hashes: nothing to compare with, which is not a contradiction
@@ -246,11 +112,11 @@ def check_checkpoints(audit: Audit, runs: list[dict]) -> dict[str, str]:
     return states
 
 
-def _checkpoint_state(audit: Audit, run: dict) -> str:
-    path = audit.project.checkpoint(audit.cell, run["checkpoint"])
+def _checkpoint_state(audit: Audit, run: AuditedRun) -> str:
+    path = audit.project.checkpoint(audit.cell, run.checkpoint)
     if not path.is_file():
         return ABSENT_FILE
-    expected = run.get("checkpoint_sha256")
+    expected = run.checkpoint_sha256
     if not expected:
         return UNHASHED
     actual = sha256_file(path)
@@ -258,9 +124,9 @@ def _checkpoint_state(audit: Audit, run: dict) -> str:
         return VERIFIED
     shown = path.relative_to(audit.root)
     audit.disagree(CHECKPOINT_KIND, f"{shown}: SHA-256 {actual}, but {audit.record_name} says {expected} "
-                   f"(draw {run.get('subset_seed')} seed {run['seed']}): the file is not the checkpoint training "
+                   f"(draw {run.subset_seed} seed {run.seed}): the file is not the checkpoint training "
                    f"saved (dvc checkout {shown.parent} restores it from the DVC cache, dvc pull from the remote)",
-                   file=str(shown), expected=expected, actual=actual, run_id=run["run_id"])
+                   file=str(shown), expected=expected, actual=actual, run_id=run.run_id)
     return DIFFERS
 
 
@@ -313,17 +179,17 @@ def check_report(audit: Audit) -> dict | None:
             audit.notes.append(f"{RESULTS_FILE} has no entry for {audit.cell}")
         return None
     named = run_ids_in(entry)
-    for run_id in named:
+    for run_id in sorted(named):  # a set: sorted, or the audit's lines change order between calls
         audit.refer(run_id, str(RESULTS_FILE))
-    runs = {run["run_id"]: run for run in audit.record["runs"]}
-    recorded = {audit.record["parent_run_id"], *runs}
+    runs = {run.run_id: run for run in audit.record.runs}
+    recorded = {audit.record.parent_run_id, *runs}
     if named and not named <= recorded:
         others = sorted(named - recorded)
         audit.disagree("report", f"{RESULTS_FILE} names runs for {audit.cell} that {audit.record_name} does not "
                        f"({', '.join(others)}): the report is stale (dvc repro report)", run_ids=others)
     # each run the report lists must carry the record's test value
     differing = [row["run_id"] for row in entry.get("runs") or [] if isinstance(row, dict)
-                 and row.get("run_id") in runs and not _close(row.get("test"), runs[row["run_id"]].get("test"))]
+                 and row.get("run_id") in runs and not _close(row.get("test"), runs[row["run_id"]].test)]
     if differing:
         audit.disagree("report", f"{RESULTS_FILE} shows other test values than {audit.record_name} for runs "
                        f"{', '.join(differing)}: the report is stale (dvc repro report)", run_ids=differing)
@@ -401,9 +267,10 @@ def prefixed(tags: dict, prefix: str) -> dict:
 def check_runs(audit: Audit) -> None:
     """Every run id the record and the published files name, looked up in the store."""
     store = audit.store
-    audit.refer(audit.record["parent_run_id"], audit.record_name)
-    for run in audit.record["runs"]:
-        audit.refer(run["run_id"], audit.record_name)
+    record = audit.record
+    audit.refer(record.parent_run_id, audit.record_name)
+    for run in record.runs:
+        audit.refer(run.run_id, audit.record_name)
     if not store.available:
         audit.missing.append(Missing(
             f"the MLflow runs ({len(audit.referenced)} run ids above)",
@@ -413,10 +280,15 @@ def check_runs(audit: Audit) -> None:
              "with its original one), then: misfit ui",
              "# or: export MLFLOW_TRACKING_URI=<the team's tracking server>"]))
         return
-    roles = {audit.record["parent_run_id"]: "parent run"}
-    roles.update({r["run_id"]: f"seed {r['seed']} run" for r in audit.record["runs"]})
-    expected = {r["run_id"]: r for r in audit.record["runs"]}
-    for run_id, where in audit.referenced.items():
+    roles = {record.parent_run_id: "parent run"}
+    roles.update({r.run_id: (f"seed {r.seed} run" if r.subset_seed in (None, record.main_draw)
+                             else f"draw {r.subset_seed} seed {r.seed} run") for r in record.runs})
+    expected = {r.run_id: r for r in record.runs}
+    # the record's order (parent, then each run as trained), then any other id the files name
+    order = [record.parent_run_id, *expected]
+    ordered = [i for i in order if i in audit.referenced] + sorted(set(audit.referenced) - set(order))
+    for run_id in ordered:
+        where = audit.referenced[run_id]
         run, state = store.run(run_id)
         audit.run_states[run_id] = (run, state)
         named = f"{roles.get(run_id, 'run')} {run_id} (named in {', '.join(sorted(where))})"
@@ -431,16 +303,17 @@ def check_runs(audit: Audit) -> None:
             _compare_run(audit, run, expected[run_id])
 
 
-def _compare_run(audit: Audit, run, recorded: dict) -> None:
-    tags, metric = run.data.tags, audit.record["metric"]
+def _compare_run(audit: Audit, run, recorded: AuditedRun) -> None:
+    """An MLflow run (`run`) against the record's run it stands for."""
+    tags, metric = run.data.tags, audit.record.metric
     differing = []
     if tags.get("cell") != audit.cell:
         differing.append(f"cell tag {tags.get('cell')!r}")
-    if recorded.get("config_digest") and tags.get("config_digest") != recorded["config_digest"]:
+    if recorded.config_digest and tags.get("config_digest") != recorded.config_digest:
         differing.append(f"config digest {tags.get('config_digest')}")
     stored = run.data.metrics.get(f"test_{metric}")
-    if isinstance(recorded.get("test"), float) and stored is not None and stored != recorded["test"]:
-        differing.append(f"test_{metric} {stored!r} (record {recorded['test']!r})")
+    if isinstance(recorded.test, float) and stored is not None and stored != recorded.test:
+        differing.append(f"test_{metric} {stored!r} (record {recorded.test!r})")
     if differing:
-        audit.disagree("run_mismatch", f"MLflow run {run.info.run_id} (seed {recorded['seed']}) has "
+        audit.disagree("run_mismatch", f"MLflow run {run.info.run_id} (seed {recorded.seed}) has "
                        + ", ".join(differing) + f" unlike {audit.record_name}", run_id=run.info.run_id)

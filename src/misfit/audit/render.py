@@ -14,8 +14,13 @@ def _fields(values: dict) -> str:
     return " ".join(f"{k}={'-' if v is None else v}" for k, v in values.items())
 
 
-def _num(value) -> str:
-    return "-" if value is None else repr(value) if isinstance(value, float) else str(value)
+def _num(value, metric: str | None = None) -> str:
+    """A recorded number exactly as stored; an accuracy also as the report prints it."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value!r} ({value * 100:.2f}%)" if metric == "accuracy" else repr(value)
+    return str(value)
 
 
 def _run_label(key: str) -> str:
@@ -79,7 +84,8 @@ def _metrics(facts: Facts) -> list[str]:
         draw = "" if not draws else str(run.subset_seed)
         rescored = {True: "match", False: "DIFFER", None: "-"}[(run.rescored or {}).get("matches_record")]
         checkpoint = _CHECKPOINT_CHECK.get(run.checkpoint_check, "-")
-        lines.append(f"  {run.seed:>4}  {draw:<4}  {run.status:<7} {_num(run.valid_best):<20} {_num(run.test):<20} "
+        lines.append(f"  {run.seed:>4}  {draw:<4}  {run.status:<7} {_num(run.valid_best, metrics['metric']):<20} "
+                     f"{_num(run.test, metrics['metric']):<20} "
                      f"{_num(run.best_epoch):>10} {_num(run.epochs_run):>6}  {rescored:<8}  {checkpoint:<10}  "
                      f"{run.run_id}")
         if run.error:

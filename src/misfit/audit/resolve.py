@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from misfit.audit.sources import RECORDS_DIR, Project, record_path
+from misfit.audit.cell import AuditedCell, audited_cell
+from misfit.audit.sources import RECORDS_DIR, CellRecords, Project, record_path
 from misfit.audit.store import ORIGINAL_RUN_ID, Store, original_id, record_from_run
 
 MIN_PREFIX = 8
@@ -27,24 +28,24 @@ class Subject:
     subset_seed: int | None  # the data draw of the one run audited (None: the cell, or the main draw)
     matched_by: str
     matched: str
-    record: dict
+    record: AuditedCell
     from_store: bool  # the record was rebuilt from MLflow runs: records/<cell>.json does not name them
 
 
-def _record_candidates(query: str, records: dict[str, dict]) -> dict[tuple[str, str], tuple]:
+def _record_candidates(query: str, records: dict[str, CellRecords]) -> dict[tuple[str, str], tuple]:
     """{(kind, full value): (cell, seed or None, draw or None, None)} for what records/*.json name."""
     found: dict[tuple[str, str], tuple] = {}
-    for cell, record in records.items():
-        if record["parent_run_id"].startswith(query):
-            found[("run id", record["parent_run_id"])] = (cell, None, None, None)
-        if record["cell_digest"].startswith(query):
-            found[("cell digest", record["cell_digest"])] = (cell, None, None, None)
-        for run in record["runs"]:
-            member = (cell, run["seed"], run.get("subset_seed"), None)
-            if run["run_id"].startswith(query):
-                found[("run id", run["run_id"])] = member
-            if (run.get("config_digest") or "").startswith(query):
-                found[("config digest", run["config_digest"])] = member
+    for cell, (record, _) in records.items():
+        if record.parent_run_id.startswith(query):
+            found[("run id", record.parent_run_id)] = (cell, None, None, None)
+        if record.cell_digest.startswith(query):
+            found[("cell digest", record.cell_digest)] = (cell, None, None, None)
+        for run in record.runs:
+            member = (cell, run.seed, run.subset_seed, None)
+            if run.run_id.startswith(query):
+                found[("run id", run.run_id)] = member
+            if run.config_digest.startswith(query):
+                found[("config digest", run.config_digest)] = member
     return found
 
 
@@ -105,16 +106,16 @@ def resolve(query: str, seed: int | None, project: Project, store: Store, draw: 
         raise AuditError(f"{kind} {value} is seed {found_seed} of {cell}, not seed {seed}")
     seed = found_seed if found_seed is not None else seed
     draw = found_draw if found_draw is not None else draw
-    record = records.get(cell)
-    if parent is None or (record and original_id(parent) == record["parent_run_id"]):
+    records_of_cell = records.get(cell)
+    if parent is None or (records_of_cell and original_id(parent) == records_of_cell[0].parent_run_id):
         return _for_cell(cell, seed, draw, kind, value, project, store)
     return _subject(cell, seed, draw, kind, value, record_from_run(store, parent), True)
 
 
 def _for_cell(cell: str, seed, draw, kind: str, value: str, project: Project, store: Store) -> Subject:
-    record = project.record(cell)  # read now: this audit needs it, so a broken one stops it
-    if record is not None:
-        return _subject(cell, seed, draw, kind, value, record, False)
+    records = project.cell_records(cell)  # read now: this audit needs them, so a broken one stops it
+    if records is not None:
+        return _subject(cell, seed, draw, kind, value, audited_cell(*records), False)
     parents = store.search(f"tags.cell = '{cell}' and tags.`misfit.level` = 'cell'")
     if not parents:
         where = "" if not store.available else f" and no run in the MLflow store {store.uri}"
@@ -123,15 +124,15 @@ def _for_cell(cell: str, seed, draw, kind: str, value: str, project: Project, st
     return _subject(cell, seed, draw, kind, value, record_from_run(store, parents[0]), True)
 
 
-def _subject(cell, seed, draw, kind, value, record, from_store) -> Subject:
-    main = (record["data"].get("config") or {}).get("subset_seed")
+def _subject(cell, seed, draw, kind, value, record: AuditedCell, from_store: bool) -> Subject:
+    main = record.main_draw
     if seed is not None and draw is None:
         draw = main  # a seed alone names the main draw's run
-    runs = [r for r in record["runs"] if r.get("subset_seed", main) == draw or draw is None]
+    runs = [r for r in record.runs if r.subset_seed == draw or draw is None]
     if draw is not None and not runs:
-        draws = sorted({r.get("subset_seed", main) for r in record["runs"]})
+        draws = sorted({r.subset_seed for r in record.runs})
         raise AuditError(f"{cell} has no runs on data draw {draw}; its draws are {draws}")
-    seeds = sorted({run["seed"] for run in runs})
+    seeds = sorted({run.seed for run in runs})
     if seed is not None and seed not in seeds:
         on = "" if draw in (None, main) else f" on draw {draw}"
         raise AuditError(f"{cell} has no seed {seed}{on}; its runs are seeds {seeds}")

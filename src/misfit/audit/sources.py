@@ -25,7 +25,8 @@ from misfit.core.layout import (
     REPORTS_DIR,
     SPLIT_DIR,
 )
-from misfit.joined import load_joined
+from misfit.core.record import EvaluationRecord, TrainRecord
+from misfit.joined import load_cell_records
 
 RESULTS_FILE = REPORTS_DIR / "results.json"
 LOCK_FILE = Path("dvc.lock")
@@ -66,23 +67,7 @@ def git_out(root: Path, *args: str) -> str | None:
     return done.stdout.strip() if done is not None and done.returncode == 0 else None
 
 
-REQUIRED_RECORD_FIELDS = ("cell", "task", "metric", "protocol", "data", "seeds", "parent_run_id",
-                          "cell_digest", "tags", "runs")
-
-
-def check_record(path: Path, record) -> dict:
-    """The record, or RecordError naming the file and the first missing field."""
-    if not isinstance(record, dict):
-        raise RecordError(f"{path}: expected a JSON object, got {type(record).__name__}")
-    for name in REQUIRED_RECORD_FIELDS:
-        if name not in record:
-            raise RecordError(f"{path}: no field {name!r} (written by the train stage: "
-                              f"dvc repro train@{path.stem})")
-    for index, run in enumerate(record["runs"]):
-        for name in ("seed", "run_id", "status"):
-            if name not in run:
-                raise RecordError(f"{path}: runs[{index}] has no field {name!r}")
-    return record
+CellRecords = tuple[TrainRecord, EvaluationRecord | None]  # as misfit.joined.load_cell_records reads them
 
 
 class Project:
@@ -94,41 +79,34 @@ class Project:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        self._records: dict[str, dict | None] = {}
+        self._records: dict[str, CellRecords | None] = {}
 
     def record_cells(self) -> list[str]:
         """The cells that have a records/<cell>.json (nothing read)."""
         return sorted(path.stem for path in (self.root / RECORDS_DIR).glob("*.json"))
 
-    def record(self, cell: str) -> dict | None:
-        """records/<cell>.json joined with its evaluations, checked; None when it is absent.
-        RecordError, naming the file and the field, when it cannot be used."""
+    def cell_records(self, cell: str) -> CellRecords | None:
+        """records/<cell>.json and its evaluations, each validated against its model; None when
+        the record is absent. RecordError, naming the file and the field, when one cannot be used."""
         if cell not in self._records:
-            self._records[cell] = self._load_record(cell)
+            self._records[cell] = self._load_records(cell)
         return self._records[cell]
 
-    def _load_record(self, cell: str) -> dict | None:
-        path = self.root / record_path(cell)
-        if not path.exists():
+    def _load_records(self, cell: str) -> CellRecords | None:
+        if not (self.root / record_path(cell)).exists():
             return None
         try:
-            record = load_joined(self.root / RECORDS_DIR, self.root / EVALUATIONS_DIR, cell)
+            return load_cell_records(self.root / RECORDS_DIR, self.root / EVALUATIONS_DIR, cell)
         except DataError as error:
             raise RecordError(str(error).replace(str(self.root) + "/", "")) from None
-        return check_record(record_path(cell), record)
 
-    @cached_property
-    def records(self) -> dict[str, dict]:
-        """Every record; the first broken one raises (restore-runs needs them all)."""
-        return {cell: self.record(cell) for cell in self.record_cells()}
-
-    def readable_records(self) -> tuple[dict[str, dict], list[str]]:
-        """(every record that can be used, the error of each that cannot): a search by run id
-        or digest looks through all the records it can read."""
+    def readable_records(self) -> tuple[dict[str, CellRecords], list[str]]:
+        """(every cell's records that can be used, the error of each that cannot): a search by
+        run id or digest looks through all the records it can read."""
         found, broken = {}, []
         for cell in self.record_cells():
             try:
-                found[cell] = self.record(cell)
+                found[cell] = self.cell_records(cell)
             except RecordError as error:
                 broken.append(str(error))
         return found, broken

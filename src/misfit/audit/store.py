@@ -7,6 +7,8 @@ import ast
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from misfit.audit.cell import AuditedCell, AuditedRun
+
 ORIGINAL_RUN_ID = "misfit.original_run_id"  # tag on a restored run: the id the study logged
 RESTORED = "misfit.restored"
 
@@ -106,8 +108,8 @@ def _int_or_none(value):
     return None if value is None else int(value)
 
 
-def record_from_run(store: Store, parent) -> dict:
-    """A records/<cell>.json-shaped view of a cell's parent run and its seed runs in MLflow."""
+def record_from_run(store: Store, parent) -> AuditedCell:
+    """The cell as a cell's parent run and its seed runs in MLflow hold it."""
     from misfit.train.targets import TASKS
 
     params, tags = parent.data.params, parent.data.tags
@@ -128,24 +130,23 @@ def record_from_run(store: Store, parent) -> dict:
     for child in sorted(children, key=member):
         values, ctags = child.data.metrics, child.data.tags
         error = ctags.get("error", "-")
-        runs.append({
-            "seed": int(ctags["seed"]), "run_id": original_id(child),
-            "subset_seed": _int_or_none(_literal(child.data.params.get("data.subset_seed", "None"))),
-            "config_digest": ctags.get("config_digest"), "status": ctags.get("status", child.info.status),
-            "error": None if error == "-" else error, "best_epoch": _int_or_none(values.get("best_epoch")),
-            "valid_best": values.get(f"best_valid_{metric}"), "test": values.get(f"test_{metric}"),
-            "epochs_run": _int_or_none(values.get("epochs_run")),
-        })
+        runs.append(AuditedRun(
+            seed=int(ctags["seed"]), run_id=original_id(child),
+            subset_seed=_int_or_none(_literal(child.data.params.get("data.subset_seed", "None"))),
+            config_digest=ctags.get("config_digest"), status=ctags.get("status", child.info.status),
+            error=None if error == "-" else error, best_epoch=_int_or_none(values.get("best_epoch")),
+            valid_best=values.get(f"best_valid_{metric}"), test=values.get(f"test_{metric}"),
+            epochs_run=_int_or_none(values.get("epochs_run")),
+        ))
         for dataset_input in child.inputs.dataset_inputs if child.inputs else []:
             input_tags = {t.key: t.value for t in dataset_input.tags}
             name = input_tags.get("mlflow.data.context")
             if name and "sha256" in input_tags:
                 splits.setdefault(name, {"n": _int_or_none(input_tags.get("n")), "sha256": input_tags["sha256"]})
-    return {
-        "cell_id": tags.get("cell"), "cell": cell, "task": cell["task"], "metric": metric,
-        "protocol": section("protocol"),
-        "data": {"dataset_sha256": tags.get("data_sha256"), "splits": splits, "config": section("data")},
-        "seeds": _literal(params.get("seeds", "[]")), "experiment": store.experiment_name(parent.info.experiment_id),
-        "parent_run_id": original_id(parent), "cell_digest": tags.get("cell_digest"),
-        "tags": {k: v for k, v in tags.items() if not k.startswith("mlflow.")}, "runs": runs,
-    }
+    return AuditedCell(
+        cell=cell, protocol=section("protocol"), metric=metric,
+        data={"dataset_sha256": tags.get("data_sha256"), "splits": splits, "config": section("data")},
+        seeds=_literal(params.get("seeds", "[]")), experiment=store.experiment_name(parent.info.experiment_id),
+        parent_run_id=original_id(parent), cell_digest=tags.get("cell_digest"),
+        tags={k: v for k, v in tags.items() if not k.startswith("mlflow.")}, runs=runs,
+    )

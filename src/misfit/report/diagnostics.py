@@ -126,7 +126,9 @@ def _classifier_statements(cell, snap, reference, targets_per_image) -> list[str
         for key, where in (("grad_norm_conv1", "conv1"), ("grad_norm_fc_final", "fc_final")):
             ours, theirs = _last(snap, key), _last(reference, key)
             if ours is not None and theirs and ours < 0.1 * theirs:
-                size = f"{theirs / ours:.3g}× smaller than" if ours else "no gradient at all, against"
+                ratio = theirs / ours if ours else None
+                size = ("no gradient at all, against" if ratio is None else
+                        "over 1,000× smaller than" if ratio > 1000 else f"{ratio:.0f}× smaller than")
                 out.append(f"`{cell}`: the gradient reaching {where} when it stops is {_fmt(ours)}, "
                            f"{size} the recommended cell's ({_fmt(theirs)}).")
     return out

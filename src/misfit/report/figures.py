@@ -140,3 +140,52 @@ def _save(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def forest(task: str, comparisons: list[dict], path: Path) -> None:
+    """Each compared pair's effect with its simultaneous interval, the equivalence margin
+    shaded, on an axis zoomed to the intervals; P(X > Y) beside each row. From results.json."""
+    rows = [c for c in comparisons if c["kind"] == "scores"]
+    if not rows:
+        return
+    accuracy = rows[0]["metric"] == "accuracy"
+    scale = (lambda v: v * 100) if accuracy else (lambda v: v)
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.4))
+    for y, entry in enumerate(rows):
+        low, high = (scale(v) for v in entry["interval"])
+        colour = {"undecided": "tab:gray", "equivalent": "tab:green"}.get(entry["verdict"], "tab:red")
+        ax.plot([low, high], [y, y], color=colour, lw=2)
+        ax.plot(scale(entry["estimate"]), y, "o", color=colour)
+        share = entry.get("p_improvement")
+        if share:
+            ax.annotate(f"P(>) {share[0]:.2f} [{share[1]:.2f}, {share[2]:.2f}]", (1.01, y),
+                        xycoords=("axes fraction", "data"), va="center", fontsize=7)
+    margin = [scale(v) for v in rows[0]["margin"]]
+    ax.axvspan(margin[0], margin[1], color="tab:green", alpha=0.12, label="equivalence margin")
+    ax.axvline(0 if accuracy else 1, color="black", lw=0.8)
+    ax.set_yticks(range(len(rows)), [f"{e['cell']} vs {e['other']}" for e in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("difference, accuracy points" if accuracy else "MSE ratio (log scale)")
+    if not accuracy:
+        ax.set_xscale("log")
+    ax.set_title(f"{task}: each pair over every draw, simultaneous 95% intervals "
+                 "(red differs, green equivalent, grey undecided)", fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+
+
+def reliability(task: str, curves: dict[str, list[dict]], path: Path) -> None:
+    """Per cell, the pooled reliability bins: mean confidence against the share that came true."""
+    if not curves:
+        return
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="black", lw=0.8, label="calibrated")
+    for cell_id, bins in curves.items():
+        points = [(b["confidence"], b["observed"]) for b in bins if b["count"]]
+        if points:
+            ax.plot(*zip(*points), "o-", ms=3, label=cell_id)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("share that came true")
+    ax.set_title(f"{task}: reliability, learned runs on every draw", fontsize=9)
+    ax.legend(fontsize=6)
+    _save(fig, path)

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 from misfit.core.files import json_float
+from misfit.core.record import Epoch, TrainedRun
 
 FAILED, DIVERGED, DEAD_RELU, CONSTANT, WORSE, LEARNED = (
     "failed", "diverged", "dead-relu", "constant", "worse-than-constant", "learned")
@@ -52,33 +53,32 @@ class TaskContext:
     constant_score: float  # test score of the best constant answer (MSE of the train mean, or majority share)
 
 
-def classify(run: dict, context: TaskContext) -> Outcome:
-    """The outcome mode of one run record (records/<cell>.json, one entry of `runs`)."""
-    if run["status"] != "ok":
-        error = run.get("error") or "no error recorded"
+def classify(run: TrainedRun, test: float | None, context: TaskContext) -> Outcome:
+    """The outcome mode of one run (records/<cell>.json) given its re-scored test value."""
+    if run.status != "ok":
+        error = run.error or "no error recorded"
         mode = DIVERGED if any(text in error for text in NONFINITE_ERRORS) else FAILED
         return Outcome(mode, error)
     best = _best_row(run)
-    test = json_float(run["test"])
     if test is None or not math.isfinite(test):
-        return Outcome(DIVERGED, f"test score {run['test']}")
+        return Outcome(DIVERGED, f"test score {test}")
     if context.task == "regression":
         return _regression(run, best, test, context)
     return _classifier(best, test, context)
 
 
-def _best_row(run: dict) -> dict:
-    for row in run["history"]:
-        if row["epoch"] == run["best_epoch"]:
+def _best_row(run: TrainedRun) -> Epoch:
+    for row in run.history:
+        if row.epoch == run.best_epoch:
             return row
-    raise ValueError(f"run {run.get('run_id')}: no history row for its best epoch {run['best_epoch']}")
+    raise ValueError(f"run {run.run_id}: no history row for its best epoch {run.best_epoch}")
 
 
-def _value(row: dict, key: str) -> float | None:
-    return json_float(row.get(key))
+def _value(row: Epoch, key: str) -> float | None:
+    return json_float(row.diagnostics.get(key))
 
 
-def _regression(run: dict, best: dict, test: float, context: TaskContext) -> Outcome:
+def _regression(run: TrainedRun, best: Epoch, test: float, context: TaskContext) -> Outcome:
     live = _value(best, "diag_live_share")
     if context.activation == "relu" and live is not None and live < LIVE_SHARE:
         return Outcome(DEAD_RELU, _when_relu_died(run))
@@ -90,14 +90,14 @@ def _regression(run: dict, best: dict, test: float, context: TaskContext) -> Out
     return Outcome(LEARNED, "")
 
 
-def _when_relu_died(run: dict) -> str:
-    initial = _value(run.get("initial") or {}, "diag_live_share")
+def _when_relu_died(run: TrainedRun) -> str:
+    initial = _value(run.initial, "diag_live_share")
     if initial is not None and initial < LIVE_SHARE:
         return "dead at initialisation"
-    for row in run["history"]:
+    for row in run.history:
         live = _value(row, "diag_live_share")
         if live is not None and live < LIVE_SHARE:
-            return f"died in epoch {row['epoch']}"
+            return f"died in epoch {row.epoch}"
     return "dead at the kept checkpoint"
 
 
@@ -111,7 +111,7 @@ def _which_number(mean: float | None, context: TaskContext, target_spread: float
     return f"{mean:.2f} strokes"
 
 
-def _classifier(best: dict, test: float, context: TaskContext) -> Outcome:
+def _classifier(best: Epoch, test: float, context: TaskContext) -> Outcome:
     share = _value(best, "diag_top_share")
     if share is not None and share >= CONSTANT_SHARE:
         return Outcome(CONSTANT, describe_answer(context.task, _value(best, "diag_top_prediction")))

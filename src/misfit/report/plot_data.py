@@ -25,7 +25,7 @@ from pathlib import Path
 from misfit.core.config import load_params
 from misfit.core.files import json_float, read_json, write_text_atomic
 from misfit.core.layout import LABEL_SUMMARY, PARAMS_FILE, REPORTS_DIR
-from misfit.report.findings import Cell, Run, load_cells
+from misfit.report.cells import Cell, Run, load_cells
 
 PLOTS_DIR = REPORTS_DIR / "plots"
 CURVE_COLUMNS = ("task", "cell", "mode", "series", "epoch", "valid_metric", "n_runs")
@@ -55,7 +55,7 @@ def curve_rows(cell: Cell) -> list[dict]:
     for mode, runs in cell.by_mode.items():
         by_epoch: dict[int, list[float]] = {}
         for run in runs:
-            for entry in run.record.get("history") or []:
+            for entry in run.history:
                 value = _finite(entry.get("valid_metric"))
                 if value is not None:
                     by_epoch.setdefault(int(entry["epoch"]), []).append(value)

@@ -1,40 +1,48 @@
 """What a Dask worker does for one cell: its own clone at the client's commit, `dvc repro`, push.
 
-This module is shipped to the workers by value (cloudpickle), so a worker runs the
-client's version of it whatever `misfit` it has installed; it therefore imports only the
-standard library (and `distributed`, which every worker has). The stage itself runs the
+This module is shipped to the workers by value (cloudpickle), with misfit.run.process, so a
+worker runs the client's version of both whatever `misfit` it has installed; they therefore
+import only the standard library (and `distributed`, which every worker has; DVC runs in the guard). The stage itself runs the
 clone's code at the commit (dvc.yaml's PYTHONPATH=src), not the worker's installed code.
 
 A worker keeps one clone per repository URL under its own scratch directory
 (`dask worker --local-directory`), made on its first cell and reused for later ones, so
 the upstream data stages run (or are pulled) once per worker. Cells on one worker take
 turns on the clone (a file lock): two checkouts in one work tree would trample each other.
+
+DVC runs in the guard (GUARD below), not as a function call in the worker's own process:
+DVC starts the stage's command as its child with no parent-death signal, so a worker that
+died would leave that stage training on alone (and its cell trained twice), and DVC ignores
+SIGINT during the command only on a main thread, which a Dask task does not run on. The
+guard keeps both for one process: worker -> guard (DVC) -> the stage.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import fcntl
 import hashlib
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from misfit.run.process import arm_parent_death_signal
 
 TAIL_LINES = 40
 ATTEMPT_TOPIC = "misfit-cell-attempt"
 OUTPUT_TOPIC = "misfit-cell-output"
 LOG_DIR = ".dvc/tmp/misfit-engine"  # ignored by git (DVC's own tmp), per clone
 
-# The stage's process group gets SIGINT when the worker dies (see guarded_command): DVC
-# then records the stage as failed and frees its locks, and the train stage closes its
-# MLflow runs as KILLED, as on Ctrl-C in a terminal. The guard runs as `python -c` so that
-# it needs nothing installed; the worker sets PR_SET_PDEATHSIG on it before exec.
+# The guard is the one process between the worker and the stage's shell: it runs DVC (or a
+# `python -c` script) in itself, not as a child. Its process group gets SIGINT when the
+# worker dies (the worker sets PR_SET_PDEATHSIG on it before exec): DVC, which ignores
+# SIGINT while a stage's command runs, waits for the stage, records it as failed and frees
+# its locks, and the train stage closes its MLflow runs as KILLED, as on Ctrl-C in a
+# terminal. It runs as `python -c` so that it needs nothing installed but DVC.
 GUARD = r"""
-import os, signal, subprocess, sys
+import os, signal, sys
 stopped = []
 def stop(signum, frame):
     # once: as a worker's threads end one by one, Linux reparents the guard to the next
@@ -42,17 +50,24 @@ def stop(signum, frame):
     # its handler still runs
     if not stopped:
         stopped.append(signum)
-        # the whole group: DVC, the shell and the stage, as a terminal's Ctrl-C would
+        # the whole group: DVC (this process), the shell and the stage, as a terminal's Ctrl-C would
         os.killpg(0, signal.SIGINT)
-# a handler, not SIG_IGN: an ignored signal would stay ignored in DVC and the stage
-signal.signal(signal.SIGINT, lambda signum, frame: None)
 signal.signal(signal.SIGTERM, stop)
-if os.getppid() == int(sys.argv[1]):  # the worker may have died before the signal was armed
-    sys.exit(subprocess.call(sys.argv[2:]))
-os.killpg(0, signal.SIGINT)
-sys.exit(130)
+if os.getppid() != int(sys.argv[1]):  # the worker died before the signal was armed
+    sys.exit(130)
+command = sys.argv[2:]
+if command[0] == "dvc":
+    try:
+        from dvc.cli import main
+    except ImportError as error:
+        sys.exit(f"this worker's Python ({sys.executable}) cannot import DVC: {error}")
+    sys.exit(main(command[1:]))
+if command[1:2] == ["-c"]:
+    sys.argv = ["-c", *command[3:]]
+    exec(compile(command[2], "<misfit script>", "exec"), {"__name__": "__main__"})
+    sys.exit(0)
+sys.exit(f"the guard runs `dvc ...` or `python -c ...`, not {command[0]}")
 """
-PR_SET_PDEATHSIG = 1
 
 # DVC keeps no run-cache entry for a stage that has an output with `cache: false` that is
 # not a metric or plot (dvc/stage/__init__.py, Stage.run: run_cache=... not no_cache_outs);
@@ -91,11 +106,6 @@ class SetupError(RuntimeError):
 class PushError(RuntimeError):
     """Saving or pushing the results failed after the stage succeeded: raised, so that the
     engine retries the cell (the retry finds the stage done and saves and pushes again)."""
-
-
-def _arm_parent_death_signal() -> None:
-    # runs in the child between fork and exec: SIGTERM to the guard when the worker dies
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _git(clone: Path, *args: str) -> subprocess.CompletedProcess:
@@ -158,7 +168,7 @@ def run_logged(command: list[str], clone: Path, env: dict, log: Path, forward) -
         forward(f"$ {' '.join(shown)}")
         process = subprocess.Popen(guarded_command(command), cwd=clone, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, preexec_fn=_arm_parent_death_signal)
+                                   start_new_session=True, preexec_fn=arm_parent_death_signal)  # SIGTERM: the worker died
         pending = ""
         while True:
             finished = process.poll() is not None

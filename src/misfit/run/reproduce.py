@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from misfit.core.record import EvaluatedRun, TrainedRun, TrainRecord
+
 EXIT_DIFFERS, EXIT_CANNOT = 1, 2
 # what `misfit reproduce` may not write into: the published outputs
 PUBLISHED = ("models", "records", "evaluations", "metrics", "predictions", "reports", "data")
@@ -39,23 +41,29 @@ class ReproduceError(RuntimeError):
 
 @dataclass
 class Target:
-    """The run to train again, as its committed record holds it."""
+    """The run to train again, as its committed records hold it."""
     cell: str
-    record: dict  # records/<cell>.json joined with evaluations/<cell>.json (misfit.joined.load_joined)
-    run: dict
+    record: TrainRecord  # records/<cell>.json
+    run: TrainedRun  # the run in it
+    evaluated: EvaluatedRun | None  # its entry in evaluations/<cell>.json; None: no checkpoint kept
 
     @property
     def main_draw(self) -> int:
-        return self.record["data"]["config"]["subset_seed"]
+        return main_draw(self.record)
 
     @property
     def draw(self) -> int:
-        return self.run["subset_seed"]
+        return self.run.subset_seed
 
     @property
     def label(self) -> str:
         on = "" if self.draw == self.main_draw else f" on data draw {self.draw}"
-        return f"{self.cell} seed {self.run['seed']}{on} (run {self.run['run_id']})"
+        return f"{self.cell} seed {self.run.seed}{on} (run {self.run.run_id})"
+
+
+def main_draw(record: TrainRecord) -> int:
+    """The record's main data draw: data.subset_seed of the params it trained with."""
+    return record.data["config"]["subset_seed"]
 
 
 @dataclass
@@ -86,20 +94,22 @@ def find_run(root: Path, query: str, seed: int | None, draw: int | None) -> Targ
     from misfit.audit.store import Store
 
     no_store = Store("(not opened)", None, "misfit reproduce opens no MLflow store")
+    project = Project(root)
     try:
-        subject = resolve(query.strip(), seed, Project(root), no_store, draw)
+        subject = resolve(query.strip(), seed, project, no_store, draw)
     except (AuditError, RecordError) as error:
         raise ReproduceError(str(error)) from error
-    runs = subject.record["runs"]
+    # without a store, resolve answers only from records/: the cell's records are there, read
+    record, evaluation = project.cell_records(subject.cell)
+    main = main_draw(record)
     if subject.seed is None:
-        choices = ", ".join(sorted({f"--seed {r['seed']}" + ("" if r["subset_seed"] == subject.record["data"]
-                                    ["config"]["subset_seed"] else f" --draw {r['subset_seed']}") for r in runs}))
+        choices = ", ".join(sorted({f"--seed {r.seed}" + ("" if r.subset_seed == main else f" --draw {r.subset_seed}")
+                                    for r in record.runs}))
         raise ReproduceError(f"{query} names the whole cell {subject.cell}; name one run: its run id, or "
                              f"{subject.cell} with one of: {choices}")
-    main = subject.record["data"]["config"]["subset_seed"]
     wanted = main if subject.subset_seed is None else subject.subset_seed
-    run = next(r for r in runs if r["seed"] == subject.seed and r["subset_seed"] == wanted)
-    return Target(subject.cell, subject.record, run)
+    run = record.run(wanted, subject.seed)
+    return Target(subject.cell, record, run, evaluation.run(run.subset_seed, run.seed) if evaluation else None)
 
 
 # -- what differs from the run before anything trains ---------------------------------------
@@ -109,7 +119,8 @@ def setup_differences(root: Path, target: Target, params) -> list[str]:
     if any differs the numbers may too, and the difference names why."""
     import yaml
 
-    from misfit.audit.checks import listing, prefixed, record_params_diff
+    from misfit.audit.checks import prefixed
+    from misfit.audit.history import listing, record_params_diff
     from misfit.core.provenance import md5_of_files, train_code_files
 
     found = []
@@ -117,7 +128,7 @@ def setup_differences(root: Path, target: Target, params) -> list[str]:
                  if d["field"] not in IRRELEVANT_PARAMS]
     if differing:
         found.append("params.yaml differs from the run's: " + listing(differing))
-    recorded = prefixed(target.record["tags"], "dep.md5.")
+    recorded = prefixed(target.record.tags, "dep.md5.")
     try:
         current = md5_of_files(root, train_code_files(root))
     except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as error:
@@ -126,7 +137,7 @@ def setup_differences(root: Path, target: Target, params) -> list[str]:
         changed = sorted(p for p in set(current) | set(recorded) if current.get(p) != recorded.get(p))
         if changed:
             found.append(f"the train code differs from the run's: {', '.join(changed)} "
-                         f"(the run's commit: {target.record['tags'].get('git_commit', 'unknown')})")
+                         f"(the run's commit: {target.record.tags.get('git_commit', 'unknown')})")
     return found
 
 
@@ -135,7 +146,7 @@ def data_differences(root: Path, target: Target) -> list[str]:
     from misfit.core.layout import SPLIT_DIR
     from misfit.data.split import draw_dir, read_split_manifest
 
-    identity = target.record["data"] if target.draw == target.main_draw else target.record["draws"][str(target.draw)]
+    identity = target.record.data if target.draw == target.main_draw else target.record.draws[str(target.draw)]
     here = read_split_manifest(draw_dir(root / SPLIT_DIR, target.draw, target.main_draw))["splits"]
     return [f"data: the {name} split here has SHA-256 {here.get(name, {}).get('sha256')}, the run's "
             f"{split.get('sha256')}" for name, split in identity["splits"].items()
@@ -148,9 +159,9 @@ class Progress:
     """One line per epoch: the new valid metric beside the record's, and an ETA."""
 
     def __init__(self, target: Target, protocol, metric: str):
-        self.history = {epoch["epoch"]: epoch["valid_metric"] for epoch in
-                        [target.run["initial"], *target.run["history"]]}
-        self.committed_epochs = target.run["epochs_run"]
+        run = target.run
+        self.history = {epoch.epoch: epoch.valid_metric for epoch in [run.initial, *run.history]}
+        self.committed_epochs = run.epochs_run
         self.protocol, self.metric = protocol, metric
         self.started = time.perf_counter()
 
@@ -207,28 +218,28 @@ def train_and_score(root: Path, target: Target, params, out_dir: Path) -> tuple[
                              "(with MNIST_MIRROR set when offline)") from error
     for line in data_differences(root, target):
         print(f"  ! {line}", flush=True)
-    metric = target.record["metric"]
-    trainer = CellTrainer(cell, params.protocol, [Member(target.draw, target.run["seed"])],
+    metric = target.record.metric
+    trainer = CellTrainer(cell, params.protocol, [Member(target.draw, target.run.seed)],
                           {target.draw: data}, device)
     (outcome,) = trainer.run(Progress(target, params.protocol, metric))
 
     new = {"valid": None, "test": None, "sha256": None}
     if outcome.best_state is not None:
-        path = out_dir / (target.run.get("checkpoint") or f"seed{target.run['seed']}.pt")
+        path = out_dir / (target.run.checkpoint or f"seed{target.run.seed}.pt")
         torch.save(outcome.best_state, path)  # as train@<cell> saves it: the same name, the same bytes
         model = load_reference(cell, path, device)
         targets = CellTargets(cell, data.train.y)
         chunk = params.protocol.eval_batch_size
         new = {"valid": score_split(model, targets, data.valid, chunk).score,
                "test": score_split(model, targets, test, chunk).score, "sha256": sha256_file(path)}
-    run, scored = target.run, target.run.get("evaluated") or {}
-    rows = [Row("status", run["status"], outcome.status),
-            Row("epochs run", run["epochs_run"], len(outcome.history)),
-            Row("best epoch", run["best_epoch"], outcome.best_epoch),
-            Row(f"valid {metric}, best (training)", run["valid_best"], outcome.best_valid),
-            Row(f"valid {metric}, re-scored", scored.get("valid_best"), new["valid"]),
-            Row(f"test {metric}", scored.get("test"), new["test"]),
-            Row("checkpoint sha256", run.get("checkpoint_sha256"), new["sha256"])]
+    run, scored = target.run, target.evaluated
+    rows = [Row("status", run.status, outcome.status),
+            Row("epochs run", run.epochs_run, len(outcome.history)),
+            Row("best epoch", run.best_epoch, outcome.best_epoch),
+            Row(f"valid {metric}, best (training)", run.valid_best, outcome.best_valid),
+            Row(f"valid {metric}, re-scored", scored.valid if scored else None, new["valid"]),
+            Row(f"test {metric}", scored.test if scored else None, new["test"]),
+            Row("checkpoint sha256", run.checkpoint_sha256, new["sha256"])]
     return rows, differing_epochs(run, outcome)
 
 
@@ -237,15 +248,15 @@ def pin_threads(target: Target, params) -> None:
     reductions split, hence the rounding: train with the count the run had (its `threads` tag)."""
     import torch
 
-    recorded = str(target.record["tags"].get("threads", ""))
+    recorded = str(target.record.tags.get("threads", ""))
     if not params.protocol.threads and recorded.isdigit() and int(recorded) != torch.get_num_threads():
         print(f"torch threads {torch.get_num_threads()} -> {recorded}, the run's", flush=True)
         torch.set_num_threads(int(recorded))
 
 
-def differing_epochs(run: dict, outcome) -> list[int]:
+def differing_epochs(run: TrainedRun, outcome) -> list[int]:
     """Epochs (0: before any update) whose valid metric differs, or that only one side ran."""
-    committed = {e["epoch"]: e["valid_metric"] for e in [run["initial"], *run["history"]]}
+    committed = {e.epoch: e.valid_metric for e in [run.initial, *run.history]}
     new = {e["epoch"]: e["valid_metric"] for e in [outcome.initial, *outcome.history]}
     return [epoch for epoch in sorted(set(committed) | set(new))
             if epoch not in committed or epoch not in new or not same(committed[epoch], new[epoch])]
@@ -289,15 +300,15 @@ def reproduce(root: Path, query: str, seed: int | None, draw: int | None, out: P
     for line in before:
         print(f"  ! {line}", flush=True)
     rows, epochs = train_and_score(root, target, params, out_dir)
-    metric = target.record["metric"]
-    history_length = 1 + len(target.run["history"])
+    metric = target.record.metric
+    history_length = 1 + len(target.run.history)
     print("\n".join(comparison(rows, epochs, history_length, metric)))
     differing = [row.name for row in rows if not row.equal]
     if epochs:
         differing.append(f"valid {metric} at epoch(s) {', '.join(map(str, epochs))}")
     seconds = time.perf_counter() - started
     write_json_atomic(out_dir / "reproduce.json", {
-        "cell": target.cell, "seed": target.run["seed"], "subset_seed": target.draw, "run_id": target.run["run_id"],
+        "cell": target.cell, "seed": target.run.seed, "subset_seed": target.draw, "run_id": target.run.run_id,
         "reproduced": not differing, "differing": differing, "setup_differences": before,
         "rows": [{"name": r.name, "committed": r.committed, "new": r.new, "equal": r.equal} for r in rows],
         "differing_epochs": epochs, "seconds": seconds})

@@ -41,9 +41,8 @@ from misfit.core.record import (
     EvaluationRecord,
     TrainedRun,
     TrainRecord,
-    load_evaluation,
-    load_train_record,
 )
+from misfit.joined import load_cell_records
 from misfit.track.entries import (
     epoch_values,
     evaluation_numbers,
@@ -336,9 +335,7 @@ def restore_runs(root: Path, cells: list[str] | None = None) -> Restored:
 def typed_records(root: Path, cell: str) -> tuple[TrainRecord, EvaluationRecord | None]:
     """records/<cell>.json and, where the cell was evaluated, evaluations/<cell>.json."""
     try:
-        record = load_train_record(root / RECORDS_DIR / f"{cell}.json")
-        path = root / EVALUATIONS_DIR / f"{cell}.json"
-        return record, load_evaluation(path) if path.exists() else None
+        return load_cell_records(root / RECORDS_DIR, root / EVALUATIONS_DIR, cell)
     except DataError as error:
         raise RecordError(str(error).replace(f"{root}/", "")) from None
 

@@ -2,21 +2,26 @@
 against a draw-aware prediction interval or matched to a mode, and the ReLU lottery."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
+from conftest import report_run
 
 from misfit.core.tasks import STROKES
-from misfit.report.findings import (
+from misfit.report.cells import (
     Cell,
-    Published,
-    Run,
     baselines,
-    compare_family,
-    judge_published,
     relu_clip_bound,
     relu_lottery,
     zero_mse,
 )
 from misfit.report.modes import CONSTANT, DEAD_RELU, LEARNED, Outcome
+from misfit.report.published import (
+    Published,
+    judge_published,
+    source_offsets,
+    task_components,
+)
 
 COUNTS = [98, 113, 103, 101, 98, 89, 96, 103, 97, 102]
 LABELS = {
@@ -31,14 +36,12 @@ LABELS = {
 def make_cell(cell_id: str, values: list[tuple[float | None, str]], draws: dict[int, list[float]] | None = None,
               metric: str = "accuracy", detail: str = "") -> Cell:
     def run(seed, subset, value, mode):
-        record = {"run_id": f"{cell_id}-{subset}-{seed}", "test": value, "valid_best": value,
-                  "best_epoch": 3, "history": [], "evaluated": {"matches_record": True}}
-        return Run(seed, subset, record, Outcome(mode, detail))
+        return report_run(seed, subset, value, Outcome(mode, detail))
 
     main = [run(seed, 0, v, m) for seed, (v, m) in enumerate(values)]
     further = [run(seed, d, v, LEARNED) for d, vs in (draws or {}).items() for seed, v in enumerate(vs)]
     task = cell_id.split("-")[0]
-    record = {"cell": {"variant": cell_id.rsplit("-", 1)[-1]}, "parent_run_id": "p", "cell_digest": "d" * 64}
+    record = SimpleNamespace(cell={"variant": cell_id.rsplit("-", 1)[-1]}, parent_run_id="p", cell_digest="d" * 64)
     return Cell(cell_id, task, metric, "none", record, main, further)
 
 
@@ -62,39 +65,35 @@ def test_relu_bounds_are_computed_from_the_label_counts():
     assert zero_mse(LABELS) == pytest.approx(sum(n * STROKES[d] ** 2 for d, n in enumerate(COUNTS)) / 1000)
 
 
-def test_family_comparisons_are_intervals_holm_adjusted_and_skip_mixed_modes():
-    reference = make_cell("multiclass-softmax-ce", learned(0.970, 0.968, 0.972, 0.969, 0.971))
-    same = make_cell("multiclass-softmax-mse", learned(0.969, 0.971, 0.967, 0.970, 0.972))
-    lower = make_cell("multiclass-sigmoid-bce", learned(0.950, 0.948, 0.952, 0.951, 0.949))
-    mixed = make_cell("multiclass-sigmoid-mse", [(0.11, CONSTANT), (0.95, LEARNED)] * 2 + [(0.11, CONSTANT)])
-    found = compare_family([reference, same, lower, mixed], reference)
-    assert set(found) == {"multiclass-softmax-mse", "multiclass-sigmoid-bce", "multiclass-sigmoid-mse"}
-    assert not found["multiclass-softmax-mse"]["detected"]
-    low, high = found["multiclass-softmax-mse"]["ci"]
-    assert low < 0 < high
-    assert found["multiclass-sigmoid-bce"]["detected"] and found["multiclass-sigmoid-bce"]["estimate"] == pytest.approx(-0.02)
-    assert found["multiclass-sigmoid-bce"]["p_holm"] == pytest.approx(2 * found["multiclass-sigmoid-bce"]["p"])
-    assert found["multiclass-sigmoid-mse"]["test"] is None
-    assert "3/5 constant, 2/5 learned" in found["multiclass-sigmoid-mse"]["reason"] or \
-        "2/5 learned, 3/5 constant" in found["multiclass-sigmoid-mse"]["reason"]
-
-
 def test_a_published_run_inside_and_outside_the_prediction_interval():
+    """Every run on every draw (13), valid and test each against their own interval."""
     draws = {d: [0.974 + 0.002 * d, 0.973 + 0.002 * d] for d in (1, 2, 3, 4)}
     cell = make_cell("binary-softmax-mse", learned(0.973, 0.972, 0.975, 0.974, 0.976), draws)
-    inside = judge_published(cell, Published("seed 000", 0.97, 0.976, 2), [0, 1], LABELS)
-    assert inside["inside"] and inside["runs"] == 10 and inside["draws"] == 5
-    outside = judge_published(cell, Published("seed 000", 0.9733, 0.9985, 2), [0, 1], LABELS)
+    other = make_cell("binary-softmax-ce", learned(0.971, 0.970, 0.974, 0.972, 0.975), draws)
+    components = {which: task_components([cell, other], which) for which in ("test", "valid")}
+    inside = judge_published(cell, Published("seed 000", 0.975, 0.976, 2), LABELS, components)
+    assert inside["inside"] and inside["valid_inside"] and inside["runs"] == 13 and inside["draws"] == 5
+    outside = judge_published(cell, Published("seed 000", 0.9733, 0.9985, 2), LABELS, components)
     assert not outside["inside"] and "above the interval" in outside["explanation"]
-    assert outside["interval"]["low"] < outside["interval"]["mean"] < outside["interval"]["high"] < 0.9985
+    interval = outside["test_interval"]
+    assert interval["low"] < interval["mean"] < interval["high"] < 0.9985
+    assert interval["offset"] == pytest.approx(0.9985 - interval["mean"])
+
+
+def test_a_source_offset_as_a_group_is_named():
+    """Three published values each 1 point above our means: each may pass alone, not all together."""
+    judged = [{"cell": c, "test_interval": {"offset": 0.01, "sd_prediction": 0.006, "scale": "share"}}
+              for c in ("a", "b", "c")]
+    found = source_offsets(judged)["test/accuracy"]
+    assert found["mean_offset"] == pytest.approx(0.01)
+    assert found["sd"] == pytest.approx(0.006 / 3 ** 0.5)
+    assert found["p"] < 0.05
 
 
 def test_a_published_constant_is_matched_to_another_constant_class():
     """multiclass-sigmoid-mse: our runs answer digit 1; a published 10.3% is digit 7's share."""
     cell = make_cell("multiclass-sigmoid-mse", [(0.113, CONSTANT)] * 5, detail="digit 1")
-    for run in cell.runs:
-        run.record["test"] = 0.113
-    judged = judge_published(cell, Published("seed 000", 0.1097, 0.103, 2), [0, 1], LABELS)
+    judged = judge_published(cell, Published("seed 000", 0.1097, 0.103, 2), LABELS)
     assert not judged["inside"] and judged["matches_mode"] == CONSTANT
     assert "digit 2" in judged["explanation"] or "digit 7" in judged["explanation"]
     assert "digit 1" in judged["explanation"]
@@ -108,4 +107,5 @@ def test_relu_lottery_counts_survivors_with_a_wilson_interval():
     low, high = found["survival"]["ci"]
     assert low == pytest.approx(0.1197, abs=1e-3) and high == pytest.approx(0.4490, abs=1e-3)
     assert found["dead_at_init"] == 18 and found["alive_test"]["median"] == pytest.approx(0.59)
+    assert found["dead_at_init_seeds"] == list(range(18))
     assert "clip_bound" in found
