@@ -35,13 +35,18 @@ def test_a_collapse_to_the_minority_answer_is_named_as_such():
     runs = [report_run(seed, 0, 0.4931, Outcome(CONSTANT, "always 1 = curved")) for seed in range(4)]
     runs.append(report_run(4, 0, 0.97, Outcome(LEARNED, "")))
     cell = Cell("probability-softmax-ce", "probability", "accuracy", "softmax", {}, runs, [])
-    (line,) = constant_answer_lines(cell, Baseline(0.5069, "always answering the majority answer"))
-    assert "4/5 runs answer always 1 = curved" in line and "49.31% on test" in line
+    (line,) = constant_answer_lines([cell], Baseline(0.5069, "always answering the majority answer"))
+    assert "`probability-softmax-ce` (4/5 runs) answers always 1 = curved" in line and "49.31% on test" in line
     assert "1.38 points less than the best constant answer: not the majority answer" in line
     majority = Cell("binary-softmax-ce", "binary", "accuracy", "softmax", {},
                     [report_run(0, 0, 0.5069, Outcome(CONSTANT, "class 0 (not curved)"))], [])
-    (line,) = constant_answer_lines(majority, Baseline(0.5069, "always answering the majority class"))
+    (line,) = constant_answer_lines([majority], Baseline(0.5069, "always answering the majority class"))
     assert "as much as the best constant answer" in line
+    # cells that give the same answer share one line
+    other = Cell("binary-sigmoid-bce", "binary", "accuracy", "sigmoid", {},
+                 [report_run(0, 0, 0.5069, Outcome(CONSTANT, "class 0 (not curved)"))] * 2, [])
+    (line,) = constant_answer_lines([majority, other], Baseline(0.5069, "always answering the majority class"))
+    assert line.startswith("- `binary-softmax-ce` (1/1 runs), `binary-sigmoid-bce` (2/2 runs) answer class 0")
 
 
 @pytest.mark.slow

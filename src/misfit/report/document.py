@@ -20,6 +20,7 @@ from misfit.core.files import (
 )
 from misfit.core.layout import LABEL_SUMMARY, PARAMS_FILE, REPORTS_DIR
 from misfit.core.study import (
+    ADDED,
     STUDIES,
     STUDY_TITLES,
     TASK_ORDER,
@@ -99,11 +100,14 @@ def render_report(cells: dict[str, Cell], results: dict, published: dict, params
     ]
     lines += evidence_figures(results, cells, figure_dir)
     lines += glance_section(results, cells)
+    # an added cell is shown beside the idiom it corrects (double_softmax_section), in a table
+    # of its own only where that idiom's cell was not trained
+    beside_idiom = {row["correct"] for row in results["double_softmax"]}
     for study in STUDIES:
         # a cell the source published a number for but whose write-up does not list it is shown too
         extra = [c for c in published.get(study, {}) if c in cells and c not in STUDIES[study]]
-        members_by_task = {t: family(study, t, cells) + [cells[c] for c in extra if cells[c].task == t]
-                           for t in TASK_ORDER}
+        members_by_task = {t: [c for c in family(study, t, cells) + [cells[c] for c in extra if cells[c].task == t]
+                               if study != ADDED or c.cell_id not in beside_idiom] for t in TASK_ORDER}
         if not any(members_by_task.values()):
             continue
         lines += ["", f"## {STUDY_TITLES[study]}"]
@@ -111,7 +115,7 @@ def render_report(cells: dict[str, Cell], results: dict, published: dict, params
             if not members:
                 continue
             lines += ["", f"### {study} · {task}", "", *study_table(study, task, members, results, published), "",
-                      *family_finding(study, task, results, cells, task_baselines[task])]
+                      *family_finding(study, task, results, members, task_baselines[task])]
         path = figure_dir / f"test-{study.lower()}.png"
         figures.test_points(STUDY_TITLES[study], {
             t: [(c.cell_id, [(r.test, r.outcome.mode) for r in c.runs]) for c in m]

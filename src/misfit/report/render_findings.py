@@ -59,32 +59,50 @@ def claim_lines(claims: list[dict]) -> list[str]:
     return lines
 
 
+GROUPED = ("never learns", "ceiling", "outputs outside [0, 1]", "poorly calibrated")
+
+
+def grouped_lines(kind: str, found: list[dict]) -> list[str]:
+    """The findings of one kind, one per cell, as one bullet (poor calibration: one per reference)."""
+    if kind == "never learns":
+        cells = "; ".join(f"`{f['cell']}`, 0/{f['learned']['trials']} {f['learned']['unit']}s ("
+                          + "; ".join(f"{m}: {', '.join(d)}" for m, d in f["modes"].items()) + ")" for f in found)
+        return [f"- **No run learned**: {cells}."]
+    if kind == "ceiling":
+        whys = " ".join(dict.fromkeys(f"{f['why'][0].upper()}{f['why'][1:]}." for f in found))
+        cells = "; ".join(f"`{f['cell']}` cannot pass {f['ceiling'] * 100:.2f}%, its best run "
+                          f"{f['best_run'] * 100:.2f}%" for f in found)
+        return [f"- **A ceiling**: {cells}. {whys}"]
+    if kind == "outputs outside [0, 1]":
+        cells = "; ".join(f"`{f['cell']}` a median {f['share']['median']:.1%} (up to {f['share']['max']:.1%})"
+                          for f in found)
+        return [f"- **Not probabilities** (the share of outputs outside [0, 1]): {cells}."]
+    lines = []
+    for reference in dict.fromkeys(f["other"] for f in found):
+        against = [f for f in found if f["other"] == reference]
+        cells = "; ".join(f"`{f['cell']}` {f['ece']:.3f}" for f in against)
+        lines.append(f"- **Poorly calibrated** (median ECE) against `{reference}` ({against[0]['other_ece']:.3f}): "
+                     f"{cells}.")
+    return lines
+
+
 def own_lines(own: list[dict]) -> list[str]:
     lines = []
+    shown: set[str] = set()
     for finding in own:
         kind = finding["kind"]
-        if kind == "unmarked cell better":
+        if kind in GROUPED:
+            if kind not in shown:  # the whole group, where its first finding stands
+                shown.add(kind)
+                lines += grouped_lines(kind, [f for f in own if f["kind"] == kind])
+        elif kind == "unmarked cell better":
             lines.append(f"- **A ❌ cell beats the ✅ one** ({finding['study']}): `{finding['cell']}` against "
                          f"`{finding['other']}`: {effect_text(finding['comparison'], finding['cell'])}.")
-        elif kind == "never learns":
-            modes = "; ".join(f"{m}: {', '.join(d)}" for m, d in finding["modes"].items())
-            lines.append(f"- **Never learns**: `{finding['cell']}`, 0/{finding['learned']['trials']} "
-                         f"{finding['learned']['unit']}s ({modes}).")
         elif kind == "lottery":
             low, high = finding["learned"]["ci"]
             lines.append(f"- **A lottery**: `{finding['cell']}` learned in {_share(finding['learned'])} "
                          f"(95% CI {low:.0%}–{high:.0%}); the rest: "
                          + "; ".join(f"{m}" for m in finding["modes"] if m != "learned") + ".")
-        elif kind == "ceiling":
-            lines.append(f"- **A ceiling**: `{finding['cell']}` cannot pass {finding['ceiling'] * 100:.2f}% "
-                         f"({finding['why']}); its best run: {finding['best_run'] * 100:.2f}%.")
-        elif kind == "outputs outside [0, 1]":
-            share = finding["share"]
-            lines.append(f"- **Not probabilities**: `{finding['cell']}` puts a median {share['median']:.1%} "
-                         f"(up to {share['max']:.1%}) of its outputs outside [0, 1].")
-        elif kind == "poorly calibrated":
-            lines.append(f"- **Poorly calibrated**: `{finding['cell']}` has a median ECE of {finding['ece']:.3f}, "
-                         f"against {finding['other_ece']:.3f} for `{finding['other']}`.")
         elif kind == "published offset":
             which, metric = finding["which"].split("/")
             low, high = finding["ci"]

@@ -4,6 +4,7 @@ lottery, the double softmax, the failure diagnostics, every run): formatting onl
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 
 from misfit.core.config import Params
@@ -208,22 +209,40 @@ def _range_text(summary: dict) -> str:
 
 
 def double_softmax_section(results: dict, cells: dict[str, Cell]) -> list[str]:
+    """The added `logits` cells, each beside the source's idiom it corrects: their own
+    outcomes and test numbers, and the comparison over every draw."""
     from misfit.report.render_findings import effect_text
 
-    lines = ["", "## The source's idiom against the loss on raw logits", "",
+    lines = ["", "## Added cells: the loss on raw logits, against the source's idiom", "",
              "Seed 000 fed activated outputs to the loss: softmax into `nn.CrossEntropyLoss`, which applies "
              "(log-)softmax again (a double softmax), and sigmoid into `nn.BCELoss` (one squashing, but "
-             "without the log-sum-exp that keeps `BCEWithLogitsLoss` stable). The `logits` cells give the loss "
-             "the raw logits. The effect is the correct idiom's over every draw, as in the findings.", "",
-             "| as the source did | correct idiom | correct − source, over every draw | median best epoch "
-             "(source → correct) | median valid at epoch 1 (source → correct) |", "|---|---|---|---|---|"]
+             "without the log-sum-exp that keeps `BCEWithLogitsLoss` stable). The added `logits` cells give the "
+             "loss the raw logits. Outcomes and test values are the main draw's (median where the runs split into "
+             "modes, per mode); the effect is the correct idiom's over every draw, as in the findings.", "",
+             "| as the source did | correct idiom | outcomes (source → correct) | test (source → correct) | "
+             "correct − source, over every draw | median best epoch (source → correct) | median valid at epoch 1 "
+             "(source → correct) |", "|---|---|---|---|---|---|---|"]
     for row in results["double_softmax"]:
-        metric = cells[row["source"]].metric
+        source, correct = cells[row["source"]], cells[row["correct"]]
         effect = effect_text(row["comparison"], row["correct"]) if row["comparison"] else "not compared"
         epochs = " → ".join("–" if e is None else f"{e:g}" for e in row["best_epoch"])
-        first = " → ".join(fmt(v, metric) for v in row["epoch1_valid"])
-        lines.append(f"| `{row['source']}` | `{row['correct']}` | {effect} | {epochs} | {first} |")
+        first = " → ".join(fmt(v, source.metric) for v in row["epoch1_valid"])
+        outcomes = " → ".join(format_modes(c.modes) for c in (source, correct))
+        tests = " → ".join(_median_test(c) for c in (source, correct))
+        lines.append(f"| `{row['source']}` | `{row['correct']}` | {outcomes} | {tests} | {effect} | {epochs} | {first} |")
     return lines
+
+
+def _median_test(cell: Cell) -> str:
+    """The median test value, per mode where the runs split (a median across modes can be no run's)."""
+    parts = []
+    for mode, runs in cell.by_mode.items():
+        values = [r.test for r in runs if r.test is not None]
+        if values:
+            median = fmt(statistics.median(values), cell.metric)
+            parts.append(median if len(cell.modes) == 1 else f"{mode}: {median}")
+    return "; ".join(parts) or "–"
+
 
 def diagnostics_sections(cells: dict[str, Cell], results: dict, label_summary: dict, figure_dir: Path) -> list[str]:
     test_labels = label_summary["test"]

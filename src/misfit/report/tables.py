@@ -175,46 +175,51 @@ def cell_summary_valid(cell: Cell) -> str:
     return "; ".join(parts) or "–"
 
 
-def family_finding(study: str, task: str, results: dict, cells: dict[str, Cell], baseline) -> list[str]:
-    """Under a table: what its comparison column is, then failures and constant answers."""
+def family_finding(study: str, task: str, results: dict, members: list[Cell], baseline) -> list[str]:
+    """Under a table of `members`: what its comparison column is, then failures and constant answers."""
     info = results["families"][f"{study}/{task}"]
     lines = []
     reference = info["reference"]
-    metric = cells[info["cells"][0]].metric
+    metric = members[0].metric
     if reference:
         lines.append(f"The column *against `{reference}`*: each cell compared with it over every draw, paired by "
                      "draw and seed; the interval is simultaneous over the task's comparisons and includes the test "
                      "set's noise.")
     else:
         lines.append("No ✅ cell of this table has every run learned, so nothing is compared with it.")
-    for cell_id in info["cells"]:
-        cell = cells[cell_id]
+    for cell in members:
         errors = sorted({r.outcome.detail for r in cell.runs if r.outcome.mode in (FAILED, DIVERGED)})
         for error in errors:
             which = [str(r.seed) for r in cell.runs if r.outcome.detail == error]
-            lines.append(f"- `{cell_id}` seed(s) {', '.join(which)}: {error}.")
-        lines += constant_answer_lines(cell, baseline)
+            lines.append(f"- `{cell.cell_id}` seed(s) {', '.join(which)}: {error}.")
+    lines += constant_answer_lines(members, baseline)
     name = "The train-mean baseline" if metric == "mse" else "The best constant answer"
     lines.append(f"- {name} ({baseline.text}) scores {fmt(baseline.value, metric)} on test.")
     return lines
 
 
-def constant_answer_lines(cell: Cell, baseline) -> list[str]:
-    """A classifier's constant runs, per answer: what that answer scores next to the best
-    constant answer (a collapse to the minority answer scores below it)."""
-    if cell.metric != "accuracy":
-        return []
+def constant_answer_lines(cells: list[Cell], baseline) -> list[str]:
+    """The classifiers' constant runs, one line per answer over the table's cells: what that
+    answer scores next to the best constant answer (a collapse to the minority answer scores
+    below it)."""
+    by_answer: dict[str, list[tuple[Cell, list[float]]]] = {}
+    for cell in cells:
+        if cell.metric != "accuracy":
+            continue
+        runs = [r for r in cell.runs if r.outcome.mode == CONSTANT and r.test is not None]
+        for answer in sorted({r.outcome.detail for r in runs}):
+            by_answer.setdefault(answer, []).append((cell, [r.test for r in runs if r.outcome.detail == answer]))
     lines = []
-    runs = [r for r in cell.runs if r.outcome.mode == CONSTANT and r.test is not None]
-    for answer in sorted({r.outcome.detail for r in runs}):
-        scores = [r.test for r in runs if r.outcome.detail == answer]
-        low, high = fmt(min(scores), cell.metric), fmt(max(scores), cell.metric)
+    for answer, found in by_answer.items():
+        scores = [score for _, cell_scores in found for score in cell_scores]
+        low, high = fmt(min(scores), "accuracy"), fmt(max(scores), "accuracy")
         shown = f"{low}%" if low == high else f"{low}–{high}%"
         gap = baseline.value - max(scores)
         versus = ("as much as the best constant answer" if gap <= 1e-9 else
-                  f"{fmt(gap, cell.metric)} points less than the best constant answer: not the majority answer")
-        lines.append(f"- `{cell.cell_id}`: {len(scores)}/{len(cell.runs)} runs answer {answer} for (nearly) every "
-                     f"image, which scores {shown} on test, {versus}.")
+                  f"{fmt(gap, 'accuracy')} points less than the best constant answer: not the majority answer")
+        who = ", ".join(f"`{cell.cell_id}` ({len(cell_scores)}/{len(cell.runs)} runs)" for cell, cell_scores in found)
+        lines.append(f"- {who} answer{'s' if len(found) == 1 else ''} {answer} for (nearly) every image, which "
+                     f"scores {shown} on test, {versus}.")
     return lines
 
 
