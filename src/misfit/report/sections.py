@@ -4,7 +4,6 @@ lottery, the double softmax, the failure diagnostics, every run): formatting onl
 from __future__ import annotations
 
 import math
-import statistics
 from pathlib import Path
 
 from misfit.core.config import Params
@@ -32,6 +31,7 @@ from misfit.report.modes import (
 )
 from misfit.report.tables import (
     fmt,
+    per_mode_median,
     run_ids,
 )
 
@@ -228,20 +228,9 @@ def double_softmax_section(results: dict, cells: dict[str, Cell]) -> list[str]:
         epochs = " → ".join("–" if e is None else f"{e:g}" for e in row["best_epoch"])
         first = " → ".join(fmt(v, source.metric) for v in row["epoch1_valid"])
         outcomes = " → ".join(format_modes(c.modes) for c in (source, correct))
-        tests = " → ".join(_median_test(c) for c in (source, correct))
+        tests = " → ".join(per_mode_median(c, lambda run: run.test) for c in (source, correct))
         lines.append(f"| `{row['source']}` | `{row['correct']}` | {outcomes} | {tests} | {effect} | {epochs} | {first} |")
     return lines
-
-
-def _median_test(cell: Cell) -> str:
-    """The median test value, per mode where the runs split (a median across modes can be no run's)."""
-    parts = []
-    for mode, runs in cell.by_mode.items():
-        values = [r.test for r in runs if r.test is not None]
-        if values:
-            median = fmt(statistics.median(values), cell.metric)
-            parts.append(median if len(cell.modes) == 1 else f"{mode}: {median}")
-    return "; ".join(parts) or "–"
 
 
 def diagnostics_sections(cells: dict[str, Cell], results: dict, label_summary: dict, figure_dir: Path) -> list[str]:

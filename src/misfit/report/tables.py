@@ -164,14 +164,19 @@ def study_table(study: str, task: str, members: list[Cell], results: dict, publi
 
 
 def cell_summary_valid(cell: Cell) -> str:
-    """The median best valid value, per mode where the runs split (a median across modes
-    can fall between them, on no run's value)."""
+    """The median best valid value, per mode where the runs split."""
+    return per_mode_median(cell, lambda run: run.valid, single_suffix=" (median)")
+
+
+def per_mode_median(cell: Cell, value_of, single_suffix: str = "") -> str:
+    """The median of `value_of(run)` over the runs with a result, per mode where the runs split
+    (a median across modes can fall between them, on no run's value)."""
     parts = []
     for mode, runs in cell.by_mode.items():
-        values = [r.valid for r in runs if r.test is not None]
+        values = [value_of(r) for r in runs if r.test is not None]
         if values:
             median = fmt(statistics.median(values), cell.metric)
-            parts.append(f"{median} (median)" if len(cell.modes) == 1 else f"{mode}: {median}")
+            parts.append(f"{median}{single_suffix}" if len(cell.modes) == 1 else f"{mode}: {median}")
     return "; ".join(parts) or "–"
 
 

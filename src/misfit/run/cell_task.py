@@ -2,8 +2,9 @@
 
 This module is shipped to the workers by value (cloudpickle), with misfit.run.process, so a
 worker runs the client's version of both whatever `misfit` it has installed; they therefore
-import only the standard library (and `distributed`, which every worker has; DVC runs in the guard). The stage itself runs the
-clone's code at the commit (dvc.yaml's PYTHONPATH=src), not the worker's installed code.
+import only the standard library (and `distributed`, which every worker has; DVC is
+imported by the guard). The stage itself runs the clone's code at the commit (dvc.yaml's
+PYTHONPATH=src), not the worker's installed code.
 
 A worker keeps one clone per repository URL under its own scratch directory
 (`dask worker --local-directory`), made on its first cell and reused for later ones, so
@@ -168,7 +169,8 @@ def run_logged(command: list[str], clone: Path, env: dict, log: Path, forward) -
         forward(f"$ {' '.join(shown)}")
         process = subprocess.Popen(guarded_command(command), cwd=clone, env=env, stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, preexec_fn=arm_parent_death_signal)  # SIGTERM: the worker died
+                                   start_new_session=True,
+                                   preexec_fn=arm_parent_death_signal)  # SIGTERM to the guard: the worker died
         pending = ""
         while True:
             finished = process.poll() is not None
