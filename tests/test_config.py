@@ -304,13 +304,13 @@ def test_misfit_run_and_predict_read_params_through_the_validated_reader(tmp_pat
     """The commands outside the stages refuse a broken params.yaml as the stages do, naming
     the file and the field, before a cluster or a model store is touched."""
     from misfit.run.predict import PredictError, model_uri
-    from misfit.run.preflight import EngineError, cell_ids
+    from misfit.run.preflight import EngineError, project_params
 
     params = copy.deepcopy(BASE)
     params["tracking"]["experiment"] = ""
     path = write(tmp_path, params)
-    for read, error in ((cell_ids, EngineError), (lambda root: model_uri("a-cell", root), PredictError)):
+    for read, error in ((project_params, EngineError), (lambda root: model_uri("a-cell", root), PredictError)):
         with pytest.raises(error) as caught:
             read(tmp_path)
         assert str(caught.value).startswith(f"{path}:") and "tracking.experiment" in str(caught.value)
-    assert cell_ids(REPO) == list(BASE["cells"])
+    assert list(project_params(REPO).cells) == list(BASE["cells"])

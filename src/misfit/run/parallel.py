@@ -31,13 +31,13 @@ from misfit.run.preflight import (
     SERVER_SCHEMES,
     TRACKING_ENV,
     EngineError,
-    cell_ids,
     cell_stages,
     check_tracking_server,
     clean_commit,
     cpu_cores,
     dvc_cache_dir,
     prepare_local_store,
+    project_params,
     repository_url,
     require_dvc_remote,
     threads_per_worker,
@@ -153,7 +153,8 @@ def run_cells(root: Path, jobs: int | None, threads: int | None = None, address:
     root = root.resolve()
     on_cluster = address is not None
     commit = clean_commit(root)
-    stages = cell_stages(root, cell_ids(root))
+    params = project_params(root)
+    stages = cell_stages(root, list(params.cells))
     uri = tracking_uri_for(root, on_cluster)
     if uri.startswith(SERVER_SCHEMES):
         check_tracking_server(uri)
@@ -166,7 +167,7 @@ def run_cells(root: Path, jobs: int | None, threads: int | None = None, address:
         threads = threads or threads_per_worker(jobs)
         url, cache_dir = str(root), dvc_cache_dir(root)
         if uri.startswith("sqlite:"):
-            prepare_local_store(root, uri)
+            prepare_local_store(root, uri, params.tracking.experiment)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     token = uuid.uuid4().hex[:8]

@@ -83,10 +83,6 @@ def project_params(root: Path):
         raise EngineError(str(error)) from None
 
 
-def cell_ids(root: Path) -> list[str]:
-    return list(project_params(root).cells)
-
-
 def cell_stages(root: Path, cells: list[str]) -> dict[str, list[str]]:
     """Each cell's stages (`train@<cell>`, and any other `<group>@<cell>`), as DVC lists them."""
     listed = _run(["dvc", "stage", "list", "--name-only"], root)
@@ -150,12 +146,11 @@ def check_tracking_server(uri: str, timeout: float = TRACKING_TIMEOUT_S) -> None
                           f"{timeout:g} s: {getattr(error, 'reason', error)}") from error
 
 
-def prepare_local_store(root: Path, uri: str) -> None:
+def prepare_local_store(root: Path, uri: str, experiment: str) -> None:
     # the store's schema and the experiment exist before N workers reach for them at once
     # (concurrent first use of one SQLite database breaks MLflow's schema migrations)
     from misfit.track.store import open_experiment
 
-    experiment = project_params(root).tracking.experiment
     previous = os.environ.get(TRACKING_ENV)
     os.environ[TRACKING_ENV] = uri
     try:
